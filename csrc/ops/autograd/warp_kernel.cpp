@@ -1,0 +1,71 @@
+// Autograd for itk_odereg::warp. Registered in C++ (not Python) so that
+// gradients also work in TorchScript modules and libtorch programs that only
+// load the library.
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/library.h>
+
+#include "../warp.h"
+
+namespace itk_odereg {
+namespace ops {
+
+namespace {
+
+class WarpFunction : public torch::autograd::Function<WarpFunction> {
+ public:
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& image,
+                                                const at::Tensor& displacement, c10::string_view padding) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->saved_data["padding"] = std::string(padding);
+    ctx->save_for_backward({image, displacement});
+    return {warp(image, displacement, std::string(padding))};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 const torch::autograd::variable_list& grad_output) {
+    const auto saved = ctx->get_saved_variables();
+    const bool need_image = ctx->needs_input_grad(0);
+    const bool need_disp = ctx->needs_input_grad(1);
+    auto grads = detail::_warp_backward(grad_output[0], saved[0], saved[1], ctx->saved_data["padding"].toStringRef(),
+                                        need_image, need_disp);
+    return {need_image ? std::get<0>(grads) : at::Tensor(), need_disp ? std::get<1>(grads) : at::Tensor(),
+            at::Tensor()};
+  }
+};
+
+// Double backward is not implemented; fail loudly rather than return zeros.
+class WarpBackwardFunction : public torch::autograd::Function<WarpBackwardFunction> {
+ public:
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext*, const at::Tensor& grad_output,
+                                                const at::Tensor& image, const at::Tensor& displacement,
+                                                c10::string_view padding, bool need_image, bool need_disp) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto grads = detail::_warp_backward(grad_output, image, displacement, std::string(padding), need_image, need_disp);
+    return {std::get<0>(grads), std::get<1>(grads)};
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext*,
+                                                 const torch::autograd::variable_list&) {
+    TORCH_CHECK(false, "itk_odereg.warp(): double backward is not supported");
+  }
+};
+
+at::Tensor warp_autograd(const at::Tensor& image, const at::Tensor& displacement, c10::string_view padding) {
+  return WarpFunction::apply(image, displacement, padding)[0];
+}
+
+std::tuple<at::Tensor, at::Tensor> warp_backward_autograd(const at::Tensor& grad_output, const at::Tensor& image,
+                                                          const at::Tensor& displacement, c10::string_view padding,
+                                                          bool need_image, bool need_disp) {
+  auto r = WarpBackwardFunction::apply(grad_output, image, displacement, padding, need_image, need_disp);
+  return {r[0], r[1]};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(itk_odereg, Autograd, m) {
+  m.impl("warp", &warp_autograd);
+  m.impl("_warp_backward", &warp_backward_autograd);
+}
+
+}  // namespace ops
+}  // namespace itk_odereg

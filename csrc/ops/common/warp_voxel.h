@@ -1,0 +1,102 @@
+// Per-voxel bodies of the warp op, shared by the CPU and CUDA kernels.
+#pragma once
+
+#include "geometry.h"
+#include "interp_weights.h"
+
+namespace itk_odereg {
+namespace ops {
+
+// Corner c of the 2^NDIM interpolation cell: bit d of c selects the upper
+// corner along dim d. Returns false when the corner lies outside the image.
+template <int NDIM, typename scalar_t>
+ODEREG_HOST_DEVICE bool corner(const LinearAxis<scalar_t> axes[NDIM], const SpatialGeometry<NDIM>& g, int c,
+                               int64_t& offset, scalar_t& weight) {
+  offset = 0;
+  weight = scalar_t(1);
+#pragma unroll
+  for (int d = 0; d < NDIM; ++d) {
+    const bool upper = (c >> d) & 1;
+    if (!(upper ? axes[d].valid1 : axes[d].valid0)) return false;
+    offset += (axes[d].i0 + (upper ? 1 : 0)) * g.stride[d];
+    weight *= upper ? axes[d].frac : scalar_t(1) - axes[d].frac;
+  }
+  return true;
+}
+
+template <int NDIM, typename scalar_t>
+ODEREG_HOST_DEVICE void sample_axes(const scalar_t* disp_n, const SpatialGeometry<NDIM>& g, int64_t p,
+                                    Padding padding, LinearAxis<scalar_t> axes[NDIM]) {
+  int64_t index[NDIM];
+  g.unravel(p, index);
+#pragma unroll
+  for (int d = 0; d < NDIM; ++d) {
+    const scalar_t x = static_cast<scalar_t>(index[d]) + disp_n[d * g.numel + p];
+    axes[d] = linear_axis<scalar_t>(x, g.size[d], padding);
+  }
+}
+
+// out[n, :, p] for one batch element: image_n and out_n point at channel 0.
+template <int NDIM, typename scalar_t>
+ODEREG_HOST_DEVICE void warp_forward_voxel(const scalar_t* image_n, const scalar_t* disp_n, scalar_t* out_n,
+                                           const SpatialGeometry<NDIM>& g, int64_t channels, int64_t p,
+                                           Padding padding) {
+  LinearAxis<scalar_t> axes[NDIM];
+  sample_axes<NDIM, scalar_t>(disp_n, g, p, padding, axes);
+  for (int64_t ch = 0; ch < channels; ++ch) out_n[ch * g.numel + p] = scalar_t(0);
+#pragma unroll
+  for (int c = 0; c < (1 << NDIM); ++c) {
+    int64_t offset;
+    scalar_t w;
+    if (!corner<NDIM, scalar_t>(axes, g, c, offset, w)) continue;
+    for (int64_t ch = 0; ch < channels; ++ch) out_n[ch * g.numel + p] += w * image_n[ch * g.numel + offset];
+  }
+}
+
+// Both gradients of one output voxel in a single pass. The displacement
+// gradient is written in place; the image gradient is scattered through
+// `scatter(offset_of_channel0_voxel, channel, value)`, which the CPU kernel
+// routes to a per-thread buffer and the CUDA kernel to atomicAdd.
+template <int NDIM, typename scalar_t, typename Scatter>
+ODEREG_HOST_DEVICE void warp_backward_voxel(const scalar_t* grad_out_n, const scalar_t* image_n,
+                                            const scalar_t* disp_n, scalar_t* grad_disp_n,
+                                            const SpatialGeometry<NDIM>& g, int64_t channels, int64_t p,
+                                            Padding padding, bool need_image, bool need_disp,
+                                            const Scatter& scatter) {
+  LinearAxis<scalar_t> axes[NDIM];
+  sample_axes<NDIM, scalar_t>(disp_n, g, p, padding, axes);
+  scalar_t gdisp[NDIM];
+#pragma unroll
+  for (int d = 0; d < NDIM; ++d) gdisp[d] = scalar_t(0);
+#pragma unroll
+  for (int c = 0; c < (1 << NDIM); ++c) {
+    int64_t offset;
+    scalar_t w;
+    if (!corner<NDIM, scalar_t>(axes, g, c, offset, w)) continue;
+    scalar_t dot = scalar_t(0);  // sum_ch image[ch, corner] * grad_out[ch, p]
+    for (int64_t ch = 0; ch < channels; ++ch) {
+      const scalar_t go = grad_out_n[ch * g.numel + p];
+      if (need_image) scatter(offset, ch, w * go);
+      if (need_disp) dot += image_n[ch * g.numel + offset] * go;
+    }
+    if (!need_disp) continue;
+#pragma unroll
+    for (int d = 0; d < NDIM; ++d) {
+      // d weight / d x_d: the other axes' weights times +1 (upper) or -1 (lower).
+      scalar_t dw = ((c >> d) & 1) ? scalar_t(1) : scalar_t(-1);
+#pragma unroll
+      for (int e = 0; e < NDIM; ++e) {
+        if (e == d) continue;
+        dw *= ((c >> e) & 1) ? axes[e].frac : scalar_t(1) - axes[e].frac;
+      }
+      gdisp[d] += dw * dot;
+    }
+  }
+  if (need_disp) {
+#pragma unroll
+    for (int d = 0; d < NDIM; ++d) grad_disp_n[d * g.numel + p] = gdisp[d] * axes[d].dcoord;
+  }
+}
+
+}  // namespace ops
+}  // namespace itk_odereg

@@ -1,0 +1,130 @@
+// CPU kernels of itk_odereg::warp and its backward.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include "../common/checks.h"
+#include "../common/warp_voxel.h"
+
+namespace itk_odereg {
+namespace ops {
+
+namespace {
+
+// Voxels per task: large enough to amortize scheduling, small enough to balance.
+constexpr int64_t kGrain = 4096;
+
+template <int NDIM>
+at::Tensor warp_forward_impl(const at::Tensor& image_in, const at::Tensor& disp_in, Padding padding) {
+  const at::Tensor image = image_in.contiguous();
+  const at::Tensor disp = disp_in.contiguous();
+  at::Tensor out = at::empty(image.sizes(), image.options());
+  if (out.numel() == 0) return out;
+  const auto g = make_geometry<NDIM>(image.sizes().slice(2));
+  const int64_t batch = image.size(0), channels = image.size(1);
+  AT_DISPATCH_FLOATING_TYPES(image.scalar_type(), "itk_odereg::warp", [&] {
+    const scalar_t* img = image.data_ptr<scalar_t>();
+    const scalar_t* u = disp.data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    at::parallel_for(0, batch * g.numel, kGrain, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t n = t / g.numel, p = t % g.numel;
+        warp_forward_voxel<NDIM, scalar_t>(img + n * channels * g.numel, u + n * NDIM * g.numel,
+                                           o + n * channels * g.numel, g, channels, p, padding);
+      }
+    });
+  });
+  return out;
+}
+
+template <int NDIM>
+std::tuple<at::Tensor, at::Tensor> warp_backward_impl(const at::Tensor& grad_in, const at::Tensor& image_in,
+                                                      const at::Tensor& disp_in, Padding padding, bool need_image,
+                                                      bool need_disp) {
+  const at::Tensor grad = grad_in.contiguous();
+  const at::Tensor image = image_in.contiguous();
+  const at::Tensor disp = disp_in.contiguous();
+  at::Tensor grad_image = need_image ? at::zeros(image.sizes(), image.options()) : at::empty({0}, image.options());
+  at::Tensor grad_disp = need_disp ? at::empty(disp.sizes(), disp.options()) : at::empty({0}, disp.options());
+  if (image.numel() == 0 || (!need_image && !need_disp)) {
+    if (need_disp) grad_disp.zero_();
+    return {grad_image, grad_disp};
+  }
+  const auto g = make_geometry<NDIM>(image.sizes().slice(2));
+  const int64_t batch = image.size(0), channels = image.size(1);
+  const int64_t image_numel = image.numel();
+  // The image gradient is a scatter: every thread but the first accumulates
+  // into a private copy, summed at the end. This keeps the result free of
+  // races and deterministic for a given thread count, at one image-sized
+  // buffer per extra thread.
+  const int64_t work = batch * g.numel;
+  const int64_t threads =
+      at::in_parallel_region() ? 1 : std::min<int64_t>(at::get_num_threads(), (work + kGrain - 1) / kGrain);
+  at::Tensor private_grads;
+  if (need_image && threads > 1) private_grads = at::zeros({threads - 1, image_numel}, image.options());
+
+  AT_DISPATCH_FLOATING_TYPES(image.scalar_type(), "itk_odereg::_warp_backward", [&] {
+    const scalar_t* go = grad.data_ptr<scalar_t>();
+    const scalar_t* img = image.data_ptr<scalar_t>();
+    const scalar_t* u = disp.data_ptr<scalar_t>();
+    scalar_t* gi = need_image ? grad_image.data_ptr<scalar_t>() : nullptr;
+    scalar_t* gp = private_grads.defined() ? private_grads.data_ptr<scalar_t>() : nullptr;
+    scalar_t* gu = need_disp ? grad_disp.data_ptr<scalar_t>() : nullptr;
+    auto body = [&](int64_t begin, int64_t end) {
+      const int64_t tid = threads > 1 ? at::get_thread_num() : 0;
+      TORCH_INTERNAL_ASSERT(tid < threads, "itk_odereg::_warp_backward: unexpected thread id");
+      scalar_t* target = tid == 0 ? gi : gp + (tid - 1) * image_numel;
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t n = t / g.numel, p = t % g.numel;
+        scalar_t* target_n = need_image ? target + n * channels * g.numel : nullptr;
+        auto scatter = [&](int64_t offset, int64_t ch, scalar_t value) {
+          target_n[ch * g.numel + offset] += value;
+        };
+        warp_backward_voxel<NDIM, scalar_t>(go + n * channels * g.numel, img + n * channels * g.numel,
+                                            u + n * NDIM * g.numel, need_disp ? gu + n * NDIM * g.numel : nullptr,
+                                            g, channels, p, padding, need_image, need_disp, scatter);
+      }
+    };
+    if (threads > 1) {
+      // Split into exactly `threads` chunks so each maps to one thread id.
+      at::parallel_for(0, work, (work + threads - 1) / threads, body);
+    } else {
+      body(0, work);
+    }
+  });
+  if (private_grads.defined()) grad_image.view({-1}).add_(private_grads.sum(0));
+  return {grad_image, grad_disp};
+}
+
+at::Tensor warp_cpu(const at::Tensor& image, const at::Tensor& displacement, c10::string_view padding) {
+  check_image_and_displacement(image, displacement, "warp");
+  const Padding pad = parse_padding(padding, "warp");
+  return displacement.size(1) == 3 ? warp_forward_impl<3>(image, displacement, pad)
+                                   : warp_forward_impl<2>(image, displacement, pad);
+}
+
+std::tuple<at::Tensor, at::Tensor> warp_backward_cpu(const at::Tensor& grad_output, const at::Tensor& image,
+                                                     const at::Tensor& displacement, c10::string_view padding,
+                                                     bool image_requires_grad, bool displacement_requires_grad) {
+  check_image_and_displacement(image, displacement, "_warp_backward");
+  check_same_dtype_device(grad_output, "grad_output", image, "image", "_warp_backward");
+  TORCH_CHECK(grad_output.sizes() == image.sizes(), "itk_odereg._warp_backward(): 'grad_output' must have the shape of 'image' ",
+              image.sizes(), ", got ", grad_output.sizes());
+  const Padding pad = parse_padding(padding, "_warp_backward");
+  return displacement.size(1) == 3
+             ? warp_backward_impl<3>(grad_output, image, displacement, pad, image_requires_grad, displacement_requires_grad)
+             : warp_backward_impl<2>(grad_output, image, displacement, pad, image_requires_grad, displacement_requires_grad);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(itk_odereg, CPU, m) {
+  m.impl("warp", &warp_cpu);
+  m.impl("_warp_backward", &warp_backward_cpu);
+}
+
+}  // namespace ops
+}  // namespace itk_odereg

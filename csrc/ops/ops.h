@@ -1,0 +1,7 @@
+// Umbrella header for C++ (libtorch) users of the itk_odereg ops. Link the
+// library (or torch::jit/torch.ops.load_library it) so the registrars run.
+#pragma once
+
+#include "bspline.h"
+#include "regularizers.h"
+#include "warp.h"

@@ -1,0 +1,127 @@
+"""Input checks used by the fake (meta) kernels and the pure-PyTorch fallback.
+
+They mirror the C++ checks in ``csrc/ops/common`` so that ``torch.compile``
+and ``torch.export`` tracing, and machines without the compiled library, give
+the same clear errors as eager calls into the kernels.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+_FLOATING = (torch.float32, torch.float64)
+
+
+def check_floating(t: torch.Tensor, op: str, name: str) -> None:
+    torch._check(
+        t.dtype in _FLOATING, lambda: f"itk_odereg.{op}(): '{name}' must be float32 or float64, got {t.dtype}"
+    )
+
+
+def check_same_dtype_device(a: torch.Tensor, name_a: str, b: torch.Tensor, name_b: str, op: str) -> None:
+    torch._check(
+        a.dtype == b.dtype,
+        lambda: f"itk_odereg.{op}(): '{name_a}' ({a.dtype}) and '{name_b}' ({b.dtype}) must have the same dtype",
+    )
+    torch._check(
+        a.device == b.device,
+        lambda: f"itk_odereg.{op}(): '{name_a}' ({a.device}) and '{name_b}' ({b.device}) must be on the same device",
+    )
+
+
+def check_displacement(u: torch.Tensor, op: str, name: str = "displacement", min_size: int = 1) -> int:
+    check_floating(u, op, name)
+    ndim = u.dim() - 2
+    torch._check(
+        ndim in (2, 3),
+        lambda: f"itk_odereg.{op}(): '{name}' must have shape [N, 2, H, W] (2D) or [N, 3, D, H, W] (3D), "
+        f"got {list(u.shape)}",
+    )
+    torch._check(
+        u.shape[1] == ndim,
+        lambda: f"itk_odereg.{op}(): '{name}' must have {ndim} channels (one per spatial dimension, tensor order) "
+        f"for {ndim}D, got shape {list(u.shape)}",
+    )
+    torch._check(u.shape[0] >= 1, lambda: f"itk_odereg.{op}(): '{name}' must have batch size N >= 1, got {list(u.shape)}")
+    for size in u.shape[2:]:
+        torch._check(
+            size >= min_size,
+            lambda: f"itk_odereg.{op}(): '{name}' must have every spatial size >= {min_size}, got shape {list(u.shape)}",
+        )
+    return ndim
+
+
+def check_padding(padding: str, op: str) -> None:
+    torch._check(
+        padding in ("zeros", "border"),
+        lambda: f"itk_odereg.{op}(): 'padding' must be \"zeros\" or \"border\", got \"{padding}\"",
+    )
+
+
+def check_image_and_displacement(image: torch.Tensor, displacement: torch.Tensor, op: str) -> None:
+    check_floating(image, op, "image")
+    ndim = check_displacement(displacement, op)
+    check_same_dtype_device(image, "image", displacement, "displacement", op)
+    torch._check(
+        image.dim() == ndim + 2,
+        lambda: f"itk_odereg.{op}(): 'image' must have shape [N, C, *S] with {ndim} spatial dims to match "
+        f"'displacement' {list(displacement.shape)}, got {list(image.shape)}",
+    )
+    torch._check(
+        image.shape[0] == displacement.shape[0],
+        lambda: f"itk_odereg.{op}(): 'image' and 'displacement' must have the same batch size N, got "
+        f"{list(image.shape)} and {list(displacement.shape)}",
+    )
+    torch._check(image.shape[1] >= 1, lambda: f"itk_odereg.{op}(): 'image' must have at least one channel")
+    torch._check(
+        image.shape[2:] == displacement.shape[2:],
+        lambda: f"itk_odereg.{op}(): 'image' and 'displacement' must have the same spatial size, got "
+        f"{list(image.shape)} and {list(displacement.shape)}",
+    )
+
+
+def bspline_control_size(dense_size: int, spacing: int) -> int:
+    return (dense_size - 1) // spacing + 4
+
+
+def check_bspline_args(control: torch.Tensor, shape: Sequence[int], spacing: Sequence[int], op: str) -> None:
+    check_floating(control, op, "control")
+    ndim = len(shape)
+    torch._check(ndim in (2, 3), lambda: f"itk_odereg.{op}(): 'shape' must list 2 or 3 spatial sizes, got {list(shape)}")
+    torch._check(
+        len(spacing) == ndim,
+        lambda: f"itk_odereg.{op}(): 'control_spacing' must have one integer per spatial dim ({ndim}), got {list(spacing)}",
+    )
+    torch._check(
+        control.dim() == ndim + 2,
+        lambda: f"itk_odereg.{op}(): 'control' must have shape [N, C, *G] with {ndim} spatial dims, "
+        f"got {list(control.shape)}",
+    )
+    torch._check(
+        control.shape[0] >= 1 and control.shape[1] >= 1,
+        lambda: f"itk_odereg.{op}(): 'control' must have N >= 1 and C >= 1, got {list(control.shape)}",
+    )
+    for s, h in zip(shape, spacing):
+        torch._check(h >= 1, lambda: f"itk_odereg.{op}(): 'control_spacing' must be positive integers, got {list(spacing)}")
+        torch._check(s >= 1, lambda: f"itk_odereg.{op}(): 'shape' must be positive, got {list(shape)}")
+    expected = [bspline_control_size(s, h) for s, h in zip(shape, spacing)]
+    torch._check(
+        list(control.shape[2:]) == expected,
+        lambda: f"itk_odereg.{op}(): 'control' has control grid {list(control.shape[2:])} but dense shape "
+        f"{list(shape)} with control_spacing {list(spacing)} needs {expected} "
+        "(floor((size - 1) / spacing) + 4 per axis)",
+    )
+
+
+def check_spacing(spacing, ndim: int, op: str) -> None:
+    if spacing is None:
+        return
+    torch._check(
+        len(spacing) == ndim,
+        lambda: f"itk_odereg.{op}(): 'spacing' must have {ndim} values (mm per voxel, tensor order), got {list(spacing)}",
+    )
+    for h in spacing:
+        torch._check(
+            h > 0 and h != float("inf"), lambda: f"itk_odereg.{op}(): 'spacing' must be finite and positive, got {list(spacing)}"
+        )

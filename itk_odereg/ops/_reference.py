@@ -1,0 +1,130 @@
+"""Pure-PyTorch versions of the ``itk_odereg`` ops.
+
+They define what the compiled kernels compute, serve as the test oracle, and
+are the fallback when the compiled library is missing. They are written for
+clarity: ``warp`` goes through ``grid_sample``, ``bspline_to_dense`` evaluates
+the explicit cubic B-spline basis, and the regularizers use
+``torch.gradient``-style finite differences. Conventions are those of
+:mod:`itk_odereg.ops`.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "warp",
+    "bspline_basis_matrix",
+    "bspline_to_dense",
+    "first_derivative",
+    "second_derivative",
+    "diffusion_energy",
+    "bending_energy",
+    "jacobian_determinant",
+    "jacobian_penalty",
+]
+
+
+def identity_grid(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Voxel indices [1, d, *shape] in tensor order (z, y, x)."""
+    axes = [torch.arange(s, dtype=dtype, device=device) for s in shape]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"))[None]
+
+
+def warp(image: torch.Tensor, displacement: torch.Tensor, padding: str = "zeros") -> torch.Tensor:
+    """``grid_sample(align_corners=True)`` on the normalized (x, y[, z]) grid of p + u(p)."""
+    shape = displacement.shape[2:]
+    ndim = len(shape)
+    position = identity_grid(shape, displacement.dtype, displacement.device) + displacement
+    # A size-1 axis has no extent: grid_sample with align_corners maps it to index 0.
+    normalized = [
+        2 * position[:, d] / (shape[d] - 1) - 1 if shape[d] > 1 else torch.zeros_like(position[:, d])
+        for d in range(ndim)
+    ]
+    grid = torch.stack(normalized[::-1], dim=-1)
+    return F.grid_sample(image, grid, mode="bilinear", padding_mode=padding, align_corners=True)
+
+
+def cubic_bspline(u: torch.Tensor) -> torch.Tensor:
+    """Centred uniform cubic B-spline B(u), support (-2, 2)."""
+    a = u.abs()
+    inner = (4 - 6 * a**2 + 3 * a**3) / 6
+    outer = (2 - a) ** 3 / 6
+    return torch.where(a < 1, inner, torch.where(a < 2, outer, torch.zeros_like(a)))
+
+
+def bspline_basis_matrix(size: int, spacing: int, dtype=torch.float64, device=None) -> torch.Tensor:
+    """[size, G] matrix of B((x - (k - 1) * spacing) / spacing): control point k sits at voxel (k - 1) * spacing."""
+    control = (size - 1) // spacing + 4
+    x = torch.arange(size, dtype=dtype, device=device)[:, None]
+    k = torch.arange(control, dtype=dtype, device=device)[None, :]
+    return cubic_bspline((x - (k - 1) * spacing) / spacing)
+
+
+def bspline_to_dense(control: torch.Tensor, shape: Sequence[int], control_spacing: Sequence[int]) -> torch.Tensor:
+    """Tensor-product evaluation with the explicit basis matrices, one axis at a time."""
+    out = control
+    for d, (size, spacing) in enumerate(zip(shape, control_spacing)):
+        basis = bspline_basis_matrix(size, spacing, control.dtype, control.device)
+        out = torch.movedim(torch.tensordot(basis, torch.movedim(out, d + 2, 0), dims=1), 0, d + 2)
+    return out
+
+
+def first_derivative(f: torch.Tensor, dim: int) -> torch.Tensor:
+    """Central differences inside, one-sided on the border (torch.gradient, edge_order=1)."""
+    return torch.gradient(f, dim=dim, edge_order=1)[0]
+
+
+def second_derivative(f: torch.Tensor, dim: int) -> torch.Tensor:
+    """Three-point second difference; border samples repeat the nearest interior one."""
+    n = f.shape[dim]
+    inner = f.narrow(dim, 0, n - 2) - 2 * f.narrow(dim, 1, n - 2) + f.narrow(dim, 2, n - 2)
+    return torch.cat([inner.narrow(dim, 0, 1), inner, inner.narrow(dim, n - 3, 1)], dim=dim)
+
+
+def _spacing(spacing, ndim):
+    return [1.0] * ndim if spacing is None else [float(s) for s in spacing]
+
+
+def diffusion_energy(displacement: torch.Tensor, spacing: Sequence[float] | None = None) -> torch.Tensor:
+    ndim = displacement.shape[1]
+    h = _spacing(spacing, ndim)
+    total = displacement.new_zeros(())
+    for i in range(ndim):
+        for j in range(ndim):
+            d = first_derivative(displacement[:, i], j + 1) * (h[i] / h[j])
+            total = total + (d**2).mean()
+    return total
+
+
+def bending_energy(displacement: torch.Tensor, spacing: Sequence[float] | None = None) -> torch.Tensor:
+    ndim = displacement.shape[1]
+    h = _spacing(spacing, ndim)
+    total = displacement.new_zeros(())
+    for i in range(ndim):
+        ui = displacement[:, i]
+        for a in range(ndim):
+            d = second_derivative(ui, a + 1) * (h[i] / (h[a] * h[a]))
+            total = total + (d**2).mean()
+            for b in range(a + 1, ndim):
+                m = first_derivative(first_derivative(ui, b + 1), a + 1) * (h[i] / (h[a] * h[b]))
+                total = total + 2 * (m**2).mean()
+    return total
+
+
+def jacobian_matrix(displacement: torch.Tensor) -> torch.Tensor:
+    """[N, *S, d, d] Jacobian of x + u(x) in voxel units."""
+    ndim = displacement.shape[1]
+    rows = [torch.stack([first_derivative(displacement[:, i], j + 1) for j in range(ndim)], -1) for i in range(ndim)]
+    jac = torch.stack(rows, -2)
+    return jac + torch.eye(ndim, dtype=displacement.dtype, device=displacement.device)
+
+
+def jacobian_determinant(displacement: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.det(jacobian_matrix(displacement))
+
+
+def jacobian_penalty(displacement: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    return (torch.relu(threshold - jacobian_determinant(displacement)) ** 2).mean()
