@@ -38,13 +38,20 @@ def warp(image: torch.Tensor, displacement: torch.Tensor, padding: str = "zeros"
     shape = displacement.shape[2:]
     ndim = len(shape)
     position = identity_grid(shape, displacement.dtype, displacement.device) + displacement
-    # A size-1 axis has no extent: grid_sample with align_corners maps it to index 0.
+    # grid_sample cannot express a size-1 axis (align_corners maps it to index 0
+    # whatever the coordinate): sample at index 0 and apply that axis's linear
+    # weight, 1 - |x| with zero padding (1 with border padding), explicitly.
     normalized = [
         2 * position[:, d] / (shape[d] - 1) - 1 if shape[d] > 1 else torch.zeros_like(position[:, d])
         for d in range(ndim)
     ]
     grid = torch.stack(normalized[::-1], dim=-1)
-    return F.grid_sample(image, grid, mode="bilinear", padding_mode=padding, align_corners=True)
+    out = F.grid_sample(image, grid, mode="bilinear", padding_mode=padding, align_corners=True)
+    if padding == "zeros":
+        for d in range(ndim):
+            if shape[d] == 1:
+                out = out * torch.relu(1 - position[:, d].abs())[:, None]
+    return out
 
 
 def cubic_bspline(u: torch.Tensor) -> torch.Tensor:

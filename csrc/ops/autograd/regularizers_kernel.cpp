@@ -1,6 +1,7 @@
 // Autograd for the displacement-field regularizers. Each backward is its own
-// op without an autograd kernel of its own, so torch reports double backward
-// as not implemented instead of returning a silent zero.
+// op; asking for its gradient (double backward) raises "not implemented"
+// instead of silently treating it as a constant.
+#include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
@@ -105,6 +106,10 @@ TORCH_LIBRARY_IMPL(itk_odereg, Autograd, m) {
   m.impl("bending_energy", &bending_autograd);
   m.impl("jacobian_determinant", &jacobian_determinant_autograd);
   m.impl("jacobian_penalty", &jacobian_penalty_autograd);
+  for (const char* backward : {"_diffusion_energy_backward", "_bending_energy_backward",
+                               "_jacobian_determinant_backward", "_jacobian_penalty_backward"}) {
+    m.impl(backward, torch::autograd::autogradNotImplementedFallback());
+  }
 }
 
 }  // namespace ops

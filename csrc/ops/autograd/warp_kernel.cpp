@@ -1,6 +1,7 @@
 // Autograd for itk_odereg::warp. Registered in C++ (not Python) so that
 // gradients also work in TorchScript modules and libtorch programs that only
 // load the library.
+#include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
@@ -33,38 +34,17 @@ class WarpFunction : public torch::autograd::Function<WarpFunction> {
   }
 };
 
-// Double backward is not implemented; fail loudly rather than return zeros.
-class WarpBackwardFunction : public torch::autograd::Function<WarpBackwardFunction> {
- public:
-  static torch::autograd::variable_list forward(torch::autograd::AutogradContext*, const at::Tensor& grad_output,
-                                                const at::Tensor& image, const at::Tensor& displacement,
-                                                c10::string_view padding, bool need_image, bool need_disp) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    auto grads = detail::_warp_backward(grad_output, image, displacement, std::string(padding), need_image, need_disp);
-    return {std::get<0>(grads), std::get<1>(grads)};
-  }
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext*,
-                                                 const torch::autograd::variable_list&) {
-    TORCH_CHECK(false, "itk_odereg.warp(): double backward is not supported");
-  }
-};
-
 at::Tensor warp_autograd(const at::Tensor& image, const at::Tensor& displacement, c10::string_view padding) {
   return WarpFunction::apply(image, displacement, padding)[0];
-}
-
-std::tuple<at::Tensor, at::Tensor> warp_backward_autograd(const at::Tensor& grad_output, const at::Tensor& image,
-                                                          const at::Tensor& displacement, c10::string_view padding,
-                                                          bool need_image, bool need_disp) {
-  auto r = WarpBackwardFunction::apply(grad_output, image, displacement, padding, need_image, need_disp);
-  return {r[0], r[1]};
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(itk_odereg, Autograd, m) {
   m.impl("warp", &warp_autograd);
-  m.impl("_warp_backward", &warp_backward_autograd);
+  // Double backward is not implemented: the fallback raises when asked for it
+  // instead of treating the gradient as a constant.
+  m.impl("_warp_backward", torch::autograd::autogradNotImplementedFallback());
 }
 
 }  // namespace ops

@@ -44,5 +44,19 @@ inline void check_control_grid(const at::Tensor& control, c10::IntArrayRef shape
               " (floor((size - 1) / spacing) + 4 per axis)");
 }
 
+// grad_output [N, C, *S] of bspline_to_dense against the control grid it came from.
+inline void check_bspline_backward_args(const at::Tensor& grad_output, c10::IntArrayRef control_shape,
+                                        c10::IntArrayRef spacing) {
+  const char* op = "_bspline_to_dense_backward";
+  const auto ndim = static_cast<int64_t>(control_shape.size());
+  TORCH_CHECK(grad_output.dim() == ndim + 2, "itk_odereg.", op, "(): 'grad_output' must have ", ndim,
+              " spatial dims, got ", grad_output.sizes());
+  check_bspline_args(grad_output, grad_output.sizes().slice(2), spacing, op, "grad_output");
+  const auto expected = expected_control_sizes(grad_output.sizes().slice(2), spacing);
+  TORCH_CHECK(c10::IntArrayRef(expected) == control_shape, "itk_odereg.", op, "(): 'control_shape' ", control_shape,
+              " does not match dense shape ", grad_output.sizes().slice(2), " with control_spacing ", spacing,
+              " (expected ", c10::IntArrayRef(expected), ")");
+}
+
 }  // namespace ops
 }  // namespace itk_odereg

@@ -70,6 +70,14 @@ inline void check_image_and_displacement(const at::Tensor& image, const at::Tens
   }
 }
 
+inline void check_warp_backward_args(const at::Tensor& grad_output, const at::Tensor& image,
+                                     const at::Tensor& displacement) {
+  check_image_and_displacement(image, displacement, "_warp_backward");
+  check_same_dtype_device(grad_output, "grad_output", image, "image", "_warp_backward");
+  TORCH_CHECK(grad_output.sizes() == image.sizes(), "itk_odereg._warp_backward(): 'grad_output' must have the shape of 'image' ",
+              image.sizes(), ", got ", grad_output.sizes());
+}
+
 // Control grid [N, d, *G] of a cubic B-spline with integer spacing s (voxels)
 // covering a dense grid of `shape`: G = floor((S - 1) / s) + 4 per axis.
 inline int64_t bspline_control_size(int64_t dense_size, int64_t spacing) {

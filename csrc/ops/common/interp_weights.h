@@ -37,8 +37,9 @@ ODEREG_HOST_DEVICE LinearAxis<scalar_t> linear_axis(scalar_t x, int64_t size, Pa
       x = upper;
       a.dcoord = scalar_t(0);
     }
-  } else if (!(x > scalar_t(-1) && x < static_cast<scalar_t>(size))) {
-    // Entirely outside (or NaN): no corner contributes.
+  } else if (!(x >= scalar_t(-1) && x < static_cast<scalar_t>(size))) {
+    // Entirely outside (or NaN): no corner contributes. x = -1 stays inside,
+    // where the upper corner (index 0) still carries the derivative.
     a.i0 = -2;
     a.frac = scalar_t(0);
     a.valid0 = a.valid1 = false;

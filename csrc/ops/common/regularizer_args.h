@@ -5,6 +5,9 @@
 #include <c10/util/ArrayRef.h>
 #include <c10/util/Optional.h>
 
+#include <cmath>
+#include <vector>
+
 #include "checks.h"
 
 namespace itk_odereg {
@@ -57,6 +60,15 @@ inline void check_scalar_grad(const at::Tensor& grad_output, const at::Tensor& u
   TORCH_CHECK(grad_output.numel() == 1, "itk_odereg.", op, "(): 'grad_output' must be a scalar, got shape ",
               grad_output.sizes());
   check_same_dtype_device(grad_output, "grad_output", u, "displacement", op);
+}
+
+// grad_output of jacobian_determinant: [N, *S] like the determinant itself.
+inline void check_determinant_grad(const at::Tensor& grad_output, const at::Tensor& u, const char* op) {
+  check_same_dtype_device(grad_output, "grad_output", u, "displacement", op);
+  std::vector<int64_t> expected{u.size(0)};
+  for (int64_t d = 2; d < u.dim(); ++d) expected.push_back(u.size(d));
+  TORCH_CHECK(grad_output.sizes() == c10::IntArrayRef(expected), "itk_odereg.", op, "(): 'grad_output' must have shape ",
+              c10::IntArrayRef(expected), ", got ", grad_output.sizes());
 }
 
 }  // namespace ops

@@ -77,13 +77,7 @@ at::Tensor bspline_to_dense_cpu(const at::Tensor& control, c10::IntArrayRef shap
 at::Tensor bspline_to_dense_backward_cpu(const at::Tensor& grad_output, c10::IntArrayRef control_shape,
                                          c10::IntArrayRef spacing) {
   const auto ndim = static_cast<int64_t>(control_shape.size());
-  TORCH_CHECK(grad_output.dim() == ndim + 2, "itk_odereg._bspline_to_dense_backward(): 'grad_output' must have ",
-              ndim, " spatial dims, got ", grad_output.sizes());
-  check_bspline_args(grad_output, grad_output.sizes().slice(2), spacing, "_bspline_to_dense_backward", "grad_output");
-  const auto expected = expected_control_sizes(grad_output.sizes().slice(2), spacing);
-  TORCH_CHECK(c10::IntArrayRef(expected) == control_shape, "itk_odereg._bspline_to_dense_backward(): 'control_shape' ",
-              control_shape, " does not match dense shape ", grad_output.sizes().slice(2), " with control_spacing ",
-              spacing, " (expected ", c10::IntArrayRef(expected), ")");
+  check_bspline_backward_args(grad_output, control_shape, spacing);
   at::Tensor cur = grad_output.contiguous();
   for (int64_t d = 0; d < ndim; ++d) {
     cur = bspline_pass_cpu(cur, d + 2, control_shape[d], spacing[d], /*adjoint=*/true);

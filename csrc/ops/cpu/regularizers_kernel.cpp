@@ -138,11 +138,7 @@ at::Tensor jacobian_determinant_cpu(const at::Tensor& u_in) {
 at::Tensor jacobian_determinant_backward_cpu(const at::Tensor& grad_output, const at::Tensor& u_in) {
   const char* op = "_jacobian_determinant_backward";
   const int64_t ndim = check_regularizer_input(u_in, op, 2);
-  check_same_dtype_device(grad_output, "grad_output", u_in, "displacement", op);
-  std::vector<int64_t> expected{u_in.size(0)};
-  for (int64_t d = 2; d < u_in.dim(); ++d) expected.push_back(u_in.size(d));
-  TORCH_CHECK(grad_output.sizes() == c10::IntArrayRef(expected), "itk_odereg.", op, "(): 'grad_output' must have shape ",
-              c10::IntArrayRef(expected), ", got ", grad_output.sizes());
+  check_determinant_grad(grad_output, u_in, op);
   const at::Tensor u = u_in.contiguous();
   const at::Tensor go = grad_output.contiguous();
   at::Tensor grad = at::empty(u.sizes(), u.options());

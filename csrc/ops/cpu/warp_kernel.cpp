@@ -109,10 +109,7 @@ at::Tensor warp_cpu(const at::Tensor& image, const at::Tensor& displacement, c10
 std::tuple<at::Tensor, at::Tensor> warp_backward_cpu(const at::Tensor& grad_output, const at::Tensor& image,
                                                      const at::Tensor& displacement, c10::string_view padding,
                                                      bool image_requires_grad, bool displacement_requires_grad) {
-  check_image_and_displacement(image, displacement, "_warp_backward");
-  check_same_dtype_device(grad_output, "grad_output", image, "image", "_warp_backward");
-  TORCH_CHECK(grad_output.sizes() == image.sizes(), "itk_odereg._warp_backward(): 'grad_output' must have the shape of 'image' ",
-              image.sizes(), ", got ", grad_output.sizes());
+  check_warp_backward_args(grad_output, image, displacement);
   const Padding pad = parse_padding(padding, "_warp_backward");
   return displacement.size(1) == 3
              ? warp_backward_impl<3>(grad_output, image, displacement, pad, image_requires_grad, displacement_requires_grad)
