@@ -1,0 +1,129 @@
+"""Safe file output: atomic writes that never clobber the caller's inputs.
+
+Every writer in itk-odereg goes through :func:`atomic_write`: the file is
+written under a temporary name in the destination directory, with the same
+extension (SimpleITK and ITK choose the file format from the extension), and
+then moved into place with ``os.replace``, which is atomic on POSIX and Windows
+within one file system. A reader therefore sees either the old file or the
+complete new one, never a partial file; on failure the temporary file is removed
+and the destination is untouched.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from typing import Any, Callable, Iterable
+
+from .core.typing import PathLike
+
+__all__ = ["split_extension", "check_not_inputs", "atomic_write"]
+
+_COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".zip")
+
+
+def split_extension(path: PathLike) -> tuple[str, str]:
+    """Split a file name into (stem, extension), keeping compound extensions whole.
+
+    ``"a/sub.01_1Warp.nii.gz"`` gives ``("sub.01_1Warp", ".nii.gz")``;
+    ``"x.mat"`` gives ``("x", ".mat")``; a name without a dot gives ``(name, "")``.
+
+    Args:
+        path: a file path (only its last component is used).
+
+    Returns:
+        (stem, extension), the extension with its leading dot.
+    """
+    name = os.path.basename(os.fspath(path))
+    stem, ext = os.path.splitext(name)
+    if ext.lower() in _COMPRESSION_SUFFIXES:
+        stem2, ext2 = os.path.splitext(stem)
+        if ext2:
+            return stem2, ext2 + ext
+    return stem, ext
+
+
+def _same_file(a: str, b: str) -> bool:
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_not_inputs(outputs: Iterable[PathLike], inputs: Iterable[Any], caller: str = "check_not_inputs()") -> None:
+    """Refuse to write any output that is one of the inputs.
+
+    Paths are compared after resolving symbolic links (``os.path.realpath``)
+    and, when both exist, with ``os.path.samefile`` (hard links).
+
+    Args:
+        outputs: the paths about to be written.
+        inputs: the caller's inputs; entries that are not paths (images,
+            None, ...) are ignored, so a caller can pass its raw arguments.
+        caller: call site for the error message.
+
+    Raises:
+        ValueError: naming the first output that would overwrite an input.
+    """
+    in_paths = [os.fspath(p) for p in inputs if isinstance(p, (str, os.PathLike))]
+    for out in outputs:
+        out_s = os.fspath(out)
+        for inp in in_paths:
+            if _same_file(out_s, inp):
+                raise ValueError(f"{caller}: refusing to overwrite input file '{inp}' (output '{out_s}')")
+
+
+def atomic_write(
+    path: PathLike,
+    writer: Callable[[str], Any],
+    *,
+    inputs: Iterable[Any] = (),
+    caller: str = "atomic_write()",
+) -> str:
+    """Write a file atomically: ``writer(tmp)`` then ``os.replace(tmp, path)``.
+
+    The temporary file lives in the directory of ``path`` (so the final rename
+    stays on one file system) and is named ``.<stem>.tmp-<random><ext>`` with
+    the extension of ``path`` (compound ones like ``.nii.gz`` kept), so
+    extension-driven writers such as ``sitk.WriteImage`` pick the right format.
+    It is removed if ``writer`` raises or does not create it.
+
+    Args:
+        path: destination file. Its directory must exist. An existing file there
+            is replaced, unless it is one of ``inputs``.
+        writer: callable taking the temporary path (a str) and writing the file.
+        inputs: paths that must not be overwritten (non-path entries ignored).
+        caller: call site for error messages.
+
+    Returns:
+        ``path`` as a str.
+
+    Raises:
+        ValueError: if ``path`` is one of ``inputs``, is a directory, or its
+            directory does not exist.
+        Exception: whatever ``writer`` raises (after cleanup).
+    """
+    dest = os.fspath(path)
+    if not isinstance(dest, str) or dest == "":
+        raise ValueError(f"{caller}: output path must be a non-empty str or os.PathLike, got {path!r}")
+    check_not_inputs([dest], inputs, caller)
+    directory = os.path.dirname(os.path.abspath(dest))
+    if not os.path.isdir(directory):
+        raise ValueError(f"{caller}: output directory does not exist: '{directory}' (for '{dest}')")
+    if os.path.isdir(dest):
+        raise ValueError(f"{caller}: output path is a directory: '{dest}'")
+    stem, ext = split_extension(dest)
+    tmp = os.path.join(directory, f".{stem}.tmp-{uuid.uuid4().hex[:12]}{ext}")
+    try:
+        writer(tmp)
+        if not os.path.isfile(tmp):
+            raise RuntimeError(f"{caller}: the writer did not create the file '{tmp}' (for '{dest}')")
+        os.replace(tmp, dest)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
+    return dest

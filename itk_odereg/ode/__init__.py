@@ -1,0 +1,7 @@
+"""Neural-ODE models: NODEO's velocity network and flow."""
+from __future__ import annotations
+
+from .flow import SOLVERS, NeuralODEFlow, invert_displacement
+from .velocity import VelocityNetwork, gaussian_smooth
+
+__all__ = ["VelocityNetwork", "NeuralODEFlow", "invert_displacement", "gaussian_smooth", "SOLVERS"]
