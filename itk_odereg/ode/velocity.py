@@ -8,7 +8,6 @@ flow converts to voxel units only where it calls the ``warp`` op.
 """
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
@@ -18,15 +17,22 @@ import torch.nn.functional as F
 __all__ = ["VelocityNetwork", "gaussian_smooth"]
 
 
-def _gaussian_kernel1d(sigma: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    radius = max(1, int(math.ceil(3.0 * sigma)))
-    x = torch.arange(-radius, radius + 1, dtype=dtype, device=device)
-    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
-    return kernel / kernel.sum()
+def _gaussian_matrix(size: int, sigma: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """[size, size] row-normalized Gaussian smoothing matrix; rows near the border renormalize
+    (no padding assumption), so a constant field stays constant."""
+    x = torch.arange(size, dtype=torch.float64)
+    weights = torch.exp(-0.5 * ((x[:, None] - x[None, :]) / sigma) ** 2)
+    weights = weights / weights.sum(1, keepdim=True)
+    return weights.to(dtype=dtype, device=device)
 
 
 def gaussian_smooth(field: torch.Tensor, sigma_voxels: Sequence[float]) -> torch.Tensor:
-    """Separable Gaussian smoothing of every channel of [N, C, *S], replicate padding.
+    """Separable Gaussian smoothing of every channel of [N, C, *S].
+
+    Each axis is smoothed by a dense matrix product, which on small grids (the
+    velocity's control grid, pyramid levels) is much faster on CPU than a
+    convolution, forward and backward. Near the border the kernel is
+    renormalized over the samples inside, so constants are preserved.
 
     Args:
         field: Tensor[N, C, *S].
@@ -34,22 +40,14 @@ def gaussian_smooth(field: torch.Tensor, sigma_voxels: Sequence[float]) -> torch
             0 leaves that axis untouched.
     """
     ndim = field.dim() - 2
-    n, c = field.shape[:2]
-    out = field.reshape(n * c, 1, *field.shape[2:])
-    conv = F.conv3d if ndim == 3 else F.conv2d
+    out = field
     for axis, sigma in enumerate(sigma_voxels):
-        if sigma <= 0:
+        size = field.shape[2 + axis]
+        if sigma <= 0 or size < 2:
             continue
-        kernel = _gaussian_kernel1d(float(sigma), field.dtype, field.device)
-        radius = kernel.numel() // 2
-        view = [1, 1] + [1] * ndim
-        view[2 + axis] = kernel.numel()
-        pad = [0, 0] * ndim
-        # F.pad lists the last axis first.
-        pad[2 * (ndim - 1 - axis)] = radius
-        pad[2 * (ndim - 1 - axis) + 1] = radius
-        out = conv(F.pad(out, pad, mode="replicate"), kernel.view(view))
-    return out.reshape(n, c, *field.shape[2:])
+        matrix = _gaussian_matrix(size, float(sigma), field.dtype, field.device)
+        out = torch.movedim(torch.tensordot(matrix, torch.movedim(out, 2 + axis, 0), dims=1), 0, 2 + axis)
+    return out
 
 
 class VelocityNetwork(nn.Module):
@@ -62,7 +60,7 @@ class VelocityNetwork(nn.Module):
     convolutional network of the current displacement, which makes the flow a
     genuine neural ODE (the velocity depends on the state, hence on time).
     The coarse velocity is Gaussian-smoothed, which keeps the field regular,
-    then upsampled linearly to the grid of the current pyramid level.
+    then upsampled linearly to the grid the flow is integrated on.
 
     Args:
         control_shape: spatial size of the control grid (tensor order).
@@ -98,13 +96,15 @@ class VelocityNetwork(nn.Module):
         self.hidden_channels = int(hidden_channels)
         self.coarse_velocity = nn.Parameter(torch.zeros(1, ndim, *self.control_shape))
         if hidden_channels > 0:
+            # A pointwise network of the state (1x1 convolutions): cheap on any
+            # grid, and the smoothing below makes its output spatially regular.
             conv = nn.Conv3d if ndim == 3 else nn.Conv2d
             self.state_net = nn.Sequential(
-                conv(ndim, hidden_channels, 3, padding=1, padding_mode="replicate"),
-                nn.ReLU(),
-                conv(hidden_channels, hidden_channels, 3, padding=1, padding_mode="replicate"),
-                nn.ReLU(),
-                conv(hidden_channels, ndim, 3, padding=1, padding_mode="replicate"),
+                conv(ndim, hidden_channels, 1),
+                nn.Tanh(),
+                conv(hidden_channels, hidden_channels, 1),
+                nn.Tanh(),
+                conv(hidden_channels, ndim, 1),
             )
             # Start as the identity flow: the network's correction is zero at first.
             nn.init.zeros_(self.state_net[-1].weight)

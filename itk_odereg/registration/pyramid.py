@@ -1,0 +1,59 @@
+"""Corner-aligned image pyramids on one physical box.
+
+Every level spans the same box: its first and last voxel centres coincide with
+those of the full-resolution grid along each axis. Level ``f`` of an axis with
+``S`` voxels of spacing ``h`` has ``ceil((S - 1) / f) + 1`` voxels of spacing
+``(S - 1) h / (S_f - 1)``. With that layout, linear resampling between levels
+is ``interpolate(..., align_corners=True)`` and exact for linear fields, so
+fields computed at one level carry over to the next without drift.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..ode.velocity import gaussian_smooth
+
+__all__ = ["PyramidLevel", "pyramid_level", "resample_to_shape", "downsample_image"]
+
+
+@dataclass(frozen=True)
+class PyramidLevel:
+    """One level: ``shape`` and ``spacing_mm`` per tensor axis, and its factor relative to full size."""
+
+    factor: float
+    shape: tuple[int, ...]
+    spacing_mm: tuple[float, ...]
+
+
+def pyramid_level(shape: Sequence[int], spacing_mm: Sequence[float], factor: float) -> PyramidLevel:
+    """The corner-aligned level of a grid downsampled by ``factor`` (>= 1)."""
+    if factor < 1:
+        raise ValueError(f"pyramid_level(): 'factor' must be >= 1, got {factor}")
+    new_shape = tuple(max(2, int(math.ceil((s - 1) / factor)) + 1) if s > 1 else 1 for s in shape)
+    new_spacing = tuple(
+        (s - 1) * h / (n - 1) if n > 1 else h for s, h, n in zip(shape, spacing_mm, new_shape)
+    )
+    return PyramidLevel(float(factor), new_shape, new_spacing)
+
+
+def resample_to_shape(field: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Linear resampling of [N, C, *S] to another corner-aligned level of the same box."""
+    if tuple(field.shape[2:]) == tuple(shape):
+        return field
+    mode = "trilinear" if field.dim() == 5 else "bilinear"
+    return F.interpolate(field, size=tuple(shape), mode=mode, align_corners=True)
+
+
+def downsample_image(image: torch.Tensor, spacing_mm: Sequence[float], level: PyramidLevel) -> torch.Tensor:
+    """Anti-aliased image at a pyramid level: Gaussian blur, then corner-aligned resampling.
+
+    The blur's standard deviation is half the level's spacing ratio, in
+    full-resolution voxels, per axis (the usual choice of ITK's and ANTs' pyramids).
+    """
+    sigma = [0.5 * (hl / h) if hl / h > 1.0 + 1e-6 else 0.0 for h, hl in zip(spacing_mm, level.spacing_mm)]
+    return resample_to_shape(gaussian_smooth(image, sigma), level.shape)

@@ -1,0 +1,232 @@
+"""End-to-end checks of register(): physical-space correctness against SimpleITK and ITK,
+recovery of known deformations and rotations, the inverse, and bad input.
+
+Images are small and synthetic, and the settings cheap, so the file runs in about a minute.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from itk_odereg import ops
+from itk_odereg.ode.velocity import gaussian_smooth
+from itk_odereg.registration.affine import AffineSettings
+from itk_odereg.registration.driver import register
+from itk_odereg.registration.nodeo import NODEOSettings
+
+FAST_AFFINE = AffineSettings(level_spacings_mm=(6.0, 3.0), rigid_iterations=(60, 30), affine_iterations=(20, 10))
+
+
+def smooth_noise(shape, sigma, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(1, 1, *shape, generator=g)
+    x = gaussian_smooth(x, [sigma] * len(shape))
+    x = (x - x.min()) / (x.max() - x.min())
+    return x
+
+
+def phantom(shape, seed=0):
+    """Smooth random texture inside an ellipsoid: content everywhere inside, a clear outline."""
+    axes = [torch.linspace(-1, 1, s) for s in shape]
+    grids = torch.meshgrid(*axes, indexing="ij")
+    r = torch.sqrt(sum((g / a) ** 2 for g, a in zip(grids, (0.8, 0.75, 0.7)[: len(shape)])))
+    inside = (r < 1).float()[None, None]
+    return (0.3 + smooth_noise(shape, 1.5, seed)) * gaussian_smooth(inside, [1.0] * len(shape))
+
+
+def to_sitk(tensor, spacing, origin=None, direction=None):
+    img = sitk.GetImageFromArray(tensor[0, 0].numpy().astype(np.float32))
+    img.SetSpacing(spacing)
+    if origin is not None:
+        img.SetOrigin(origin)
+    if direction is not None:
+        img.SetDirection(direction)
+    return img
+
+
+def rotation_direction(angle_deg, axis=(0.3, 0.2, 0.93)):
+    return sitk.VersorTransform(tuple(np.array(axis) / np.linalg.norm(axis)), math.radians(angle_deg)).GetMatrix()
+
+
+@pytest.fixture(scope="module")
+def oblique_pair():
+    """Fixed: anisotropic, oblique, non-zero origin. Moving: another grid (size, spacing, direction),
+    holding the fixed content rotated by 10 degrees and smoothly deformed."""
+    fixed_t = phantom((28, 32, 30), seed=1)
+    fixed = to_sitk(fixed_t, (2.2, 1.8, 2.6), origin=(-31.0, 12.5, 40.0), direction=rotation_direction(20))
+    reference = sitk.Image([30, 26, 24], sitk.sitkFloat32)
+    reference.SetSpacing((2.0, 2.4, 2.5))
+    reference.SetOrigin((-35.0, 8.0, 32.0))
+    reference.SetDirection(rotation_direction(-15, axis=(0.9, 0.1, 0.2)))
+    center = fixed.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in fixed.GetSize()])
+    rigid = sitk.Euler3DTransform(center, math.radians(10), math.radians(-5), 0, (3.0, -2.0, 1.5))
+    bspline = sitk.BSplineTransformInitializer(fixed, [3, 3, 3])
+    bspline.SetParameters(np.random.default_rng(0).normal(0, 1.5, len(bspline.GetParameters())))
+    moving = sitk.Resample(fixed, reference, sitk.CompositeTransform([rigid, bspline]), sitk.sitkLinear, 0.0)
+    settings = NODEOSettings(levels=(2.0, 1.0), iterations=(30, 15), control_spacing_mm=8.0)
+    result = register(fixed, moving, resolution_mm=None, nodeo=settings, affine_settings=FAST_AFFINE)
+    return fixed, moving, result
+
+
+def interior_mask(image, margin=3):
+    arr = np.zeros(sitk.GetArrayFromImage(image).shape, bool)
+    arr[margin:-margin, margin:-margin, margin:-margin] = True
+    return arr
+
+
+def test_warped_equals_sitk_resample_with_returned_transform(oblique_pair):
+    fixed, moving, result = oblique_pair
+    resampled = sitk.Resample(moving, fixed, result.transform, sitk.sitkLinear, 0.0)
+    ours = sitk.GetArrayFromImage(result.warped)
+    theirs = sitk.GetArrayFromImage(resampled)
+    assert result.warped.GetSize() == fixed.GetSize()
+    assert np.allclose(result.warped.GetDirection(), fixed.GetDirection())
+    assert np.abs(ours - theirs).max() < 1e-3 * np.abs(theirs).max()
+
+
+def test_warped_equals_itk_resample_with_itk_transform(oblique_pair):
+    itk = pytest.importorskip("itk")
+    fixed, moving, _ = oblique_pair
+    fixed_itk = itk.image_from_array(sitk.GetArrayFromImage(fixed))
+    fixed_itk.SetSpacing(fixed.GetSpacing())
+    fixed_itk.SetOrigin(fixed.GetOrigin())
+    fixed_itk.SetDirection(itk.matrix_from_array(np.array(fixed.GetDirection()).reshape(3, 3).copy()))
+    moving_itk = itk.image_from_array(sitk.GetArrayFromImage(moving))
+    moving_itk.SetSpacing(moving.GetSpacing())
+    moving_itk.SetOrigin(moving.GetOrigin())
+    moving_itk.SetDirection(itk.matrix_from_array(np.array(moving.GetDirection()).reshape(3, 3).copy()))
+    settings = NODEOSettings(levels=(1.0,), iterations=(5,))
+    result = register(fixed_itk, moving_itk, resolution_mm=None, nodeo=settings,
+                      affine_settings=AffineSettings(level_spacings_mm=(6.0,), rigid_iterations=(20,),
+                                                     affine_iterations=(5,), search_degrees=0))
+    assert isinstance(result.warped, type(fixed_itk))
+    image_type = type(fixed_itk)
+    resampler = itk.ResampleImageFilter[image_type, image_type].New()
+    resampler.SetInput(moving_itk)
+    resampler.SetTransform(result.transform)
+    resampler.SetReferenceImage(fixed_itk)
+    resampler.UseReferenceImageOn()
+    resampler.SetDefaultPixelValue(0)
+    resampler.Update()
+    theirs = itk.array_from_image(resampler.GetOutput())
+    ours = itk.array_from_image(result.warped)
+    assert np.abs(ours - theirs).max() < 1e-3 * np.abs(theirs).max()
+
+
+def test_registration_improves_alignment_without_folding(oblique_pair):
+    fixed, moving, result = oblique_pair
+    f = sitk.GetArrayFromImage(fixed)
+    mask = interior_mask(fixed) & (f > 0.2)
+    before = sitk.GetArrayFromImage(sitk.Resample(moving, fixed, sitk.Transform(), sitk.sitkLinear, 0.0))
+    after = sitk.GetArrayFromImage(result.warped)
+    err_before = np.sqrt(((before - f)[mask] ** 2).mean())
+    err_after = np.sqrt(((after - f)[mask] ** 2).mean())
+    assert err_after < 0.5 * err_before
+    assert result.folding_percent == 0.0
+
+
+def test_inverse_transform_inverts_forward(oblique_pair):
+    fixed, _, result = oblique_pair
+    rng = np.random.default_rng(3)
+    size = np.array(fixed.GetSize())
+    errors = []
+    for _ in range(50):
+        index = rng.uniform(0.25, 0.75) * (size - 1) * rng.uniform(0.6, 1.0, 3)
+        p = np.array(fixed.TransformContinuousIndexToPhysicalPoint(index.tolist()))
+        q = result.transform.TransformPoint(p.tolist())
+        back = np.array(result.inverse_transform.TransformPoint(q))
+        errors.append(np.linalg.norm(back - p) / min(fixed.GetSpacing()))
+    assert max(errors) < 0.1, max(errors)
+
+
+def test_known_smooth_deformation_is_recovered():
+    shape = (32, 32, 32)
+    base = phantom(shape, seed=4)
+    control = torch.randn(1, 3, *ops.bspline_control_shape(shape, (8, 8, 8)), generator=torch.Generator().manual_seed(5))
+    u_true = ops.bspline_to_dense(1.2 * control, shape, (8, 8, 8))
+    assert ops.jacobian_determinant(u_true).min() > 0.3
+    fixed = to_sitk(ops.warp(base, u_true), (1.0, 1.0, 1.0))
+    moving = to_sitk(base, (1.0, 1.0, 1.0))
+    settings = NODEOSettings(levels=(2.0, 1.0), iterations=(60, 40), control_spacing_mm=6.0, smoothing_mm=3.0)
+    result = register(fixed, moving, affine=None, resolution_mm=None, nodeo=settings)
+    # The deformable field in mm on a 1 mm identity-direction grid is u_true in (x, y, z) order.
+    recovered = result.deformable_field_mm[..., ::-1]          # (z, y, x, 3) -> components (z, y, x)
+    truth = u_true[0].permute(1, 2, 3, 0).numpy()
+    inside = (base[0, 0].numpy() > 0.35)
+    inside[:4], inside[-4:], inside[:, :4], inside[:, -4:], inside[:, :, :4], inside[:, :, -4:] = [False] * 6
+    rmse = np.sqrt(((recovered - truth) ** 2).sum(-1)[inside].mean())
+    start = np.sqrt((truth**2).sum(-1)[inside].mean())
+    assert rmse < 0.5, (rmse, start)
+    assert result.folding_percent == 0.0
+
+
+def test_affine_stage_recovers_a_25_degree_rotation():
+    fixed_t = phantom((36, 36, 36), seed=6)
+    fixed = to_sitk(fixed_t, (2.0, 2.0, 2.0), origin=(-35.0, -35.0, -35.0))
+    center = fixed.TransformContinuousIndexToPhysicalPoint([17.5] * 3)
+    truth = sitk.Euler3DTransform(center, math.radians(25), 0.0, 0.0, (4.0, -3.0, 2.0))
+    moving = sitk.Resample(fixed, fixed, truth.GetInverse(), sitk.sitkLinear, 0.0)
+    settings = NODEOSettings(levels=(1.0,), iterations=(1,))
+    result = register(fixed, moving, affine="rigid", resolution_mm=None, nodeo=settings,
+                      affine_settings=AffineSettings(level_spacings_mm=(6.0, 3.0), rigid_iterations=(80, 40)))
+    # T maps fixed points to moving points: moving = fixed o truth^-1, so T = truth.
+    A_true = np.array(truth.GetMatrix()).reshape(3, 3)
+    angle_error = math.degrees(math.acos(np.clip((np.trace(result.affine_matrix.T @ A_true) - 1) / 2, -1, 1)))
+    assert angle_error < 1.5, angle_error
+    for index in ([5, 5, 5], [30, 10, 20], [17, 17, 17]):
+        p = np.array(fixed.TransformIndexToPhysicalPoint(index))
+        ours = result.affine_matrix @ p + result.affine_translation
+        assert np.linalg.norm(ours - np.array(truth.TransformPoint(p.tolist()))) < 1.0
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda f: sitk.Image([4, 4, 4, 4], sitk.sitkFloat32), "4D|dimension"),
+        (lambda f: sitk.Image([8, 8, 8], sitk.sitkVectorFloat32, 3), "vector|component"),
+        (lambda f: sitk.Image([8, 8, 8], sitk.sitkFloat32), "constant|empty"),
+        (lambda f: "/nonexistent/image.nii.gz", "nonexistent|not exist|No such"),
+    ],
+)
+def test_bad_moving_image_is_named(make, match):
+    fixed = to_sitk(phantom((12, 12, 12)), (1.0, 1.0, 1.0))
+    with pytest.raises((ValueError, TypeError, FileNotFoundError, OSError), match=match) as info:
+        register(fixed, make(fixed), affine=None)
+    assert "moving" in str(info.value)
+
+
+def test_nan_image_and_dimension_mismatch_and_options():
+    fixed = to_sitk(phantom((12, 12, 12)), (1.0, 1.0, 1.0))
+    nan = sitk.GetArrayFromImage(fixed)
+    nan[3, 3, 3] = np.nan
+    with pytest.raises(ValueError, match="fixed.*NaN|NaN.*fixed"):
+        register(to_sitk(torch.from_numpy(nan)[None, None], (1.0, 1.0, 1.0)), fixed)
+    flat = to_sitk(phantom((12, 12)), (1.0, 1.0))
+    with pytest.raises(ValueError, match="same dimension"):
+        register(fixed, flat)
+    with pytest.raises(ValueError, match='invalid metric "ncc"'):
+        register(fixed, fixed, metric="ncc")
+    with pytest.raises(ValueError, match='invalid affine'):
+        register(fixed, fixed, affine="syn")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="cuda"):
+            register(fixed, fixed, device="cuda")
+
+
+def test_registration_2d_matches_sitk_resample():
+    fixed = to_sitk(phantom((40, 36), seed=8), (1.5, 1.2), origin=(10.0, -5.0),
+                    direction=(math.cos(0.3), -math.sin(0.3), math.sin(0.3), math.cos(0.3)))
+    center = fixed.TransformContinuousIndexToPhysicalPoint([19.5, 17.5])
+    moving = sitk.Resample(fixed, fixed, sitk.Euler2DTransform(center, math.radians(8), (2.0, -1.0)), sitk.sitkLinear, 0.0)
+    result = register(fixed, moving, resolution_mm=None, nodeo=NODEOSettings(levels=(2.0, 1.0), iterations=(30, 15)),
+                      affine_settings=FAST_AFFINE)
+    theirs = sitk.GetArrayFromImage(sitk.Resample(moving, fixed, result.transform, sitk.sitkLinear, 0.0))
+    ours = sitk.GetArrayFromImage(result.warped)
+    assert np.abs(ours - theirs).max() < 1e-3 * np.abs(theirs).max()
+    f = sitk.GetArrayFromImage(fixed)
+    before = sitk.GetArrayFromImage(moving)
+    assert np.abs(ours - f)[4:-4, 4:-4].mean() < 0.5 * np.abs(before - f)[4:-4, 4:-4].mean()
