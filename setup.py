@@ -95,8 +95,14 @@ setup(
     python_requires=">=3.10",
     # torch is deliberately absent from install_requires: it must be installed
     # first (pip install torch==2.13.0) so pip never swaps in a CUDA build.
-    install_requires=["numpy", "torchdiffeq>=0.2.3"],
-    extras_require={"test": ["pytest", "expecttest"]},
-    entry_points={},
+    install_requires=["numpy", "scipy", "torchdiffeq>=0.2.3", "SimpleITK>=2.2", "itk>=5.3", "matplotlib"],
+    extras_require={
+        # antspyx: the ANTs interoperability tests run ants.apply_transforms on our outputs.
+        "test": ["pytest", "expecttest", "antspyx", "nibabel"],
+        "ants": ["antspyx"],
+        # Peers of the accuracy benchmark (benchmarks/accuracy.py).
+        "benchmark": ["antspyx", "picsl-greedy", "itk-elastix"],
+    },
+    entry_points={"console_scripts": ["itk-odereg = itk_odereg.cli:main"]},
     zip_safe=False,
 )

@@ -550,8 +550,9 @@ class AntsTransformFiles(NamedTuple):
         fwdtransforms: ``[warp, affine]``: pass as ``transformlist`` to
             ``ants.apply_transforms(fixed, moving, ...)`` (or ``-t warp -t
             affine`` to ``antsApplyTransforms``) to bring the moving image onto
-            the fixed grid. ANTs lists are applied to *points* last-first, the
-            same stack as ITK: ``p -> A(W(p))``.
+            the fixed grid. In an ANTs list the first transform acts first on
+            fixed-space points: ``p -> A(W(p))``, the same map as ITK's
+            composite ``[affine, warp]`` (where the last added acts first).
         invtransforms: ``[affine, inverse_warp]`` (None when no inverse warp was
             written): pass with ``whichtoinvert=[True, False]``
             (:data:`ANTS_INVERSE_WHICHTOINVERT`) to

@@ -205,6 +205,8 @@ def test_box_sum_equals_conv_with_ones(shape, window):
     x_before = x.clone()
     box_sum(x, window)
     assert torch.equal(x, x_before)  # not in place
+    xs = x[:1, :1].clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda t: box_sum(t, window), (xs,))
 
 
 def test_lncc_gradient_wrt_fixed_only():

@@ -168,27 +168,44 @@ def _box_sum_(x: torch.Tensor, radii: Sequence[int]) -> torch.Tensor:
     return x
 
 
-def box_sum(x: torch.Tensor, window: Union[int, Sequence[int]]) -> torch.Tensor:
-    """Sum of ``x`` over a centred box window at every voxel, with windows clipped to the image.
+class _BoxSum(torch.autograd.Function):
+    """Box sum; its adjoint is the same box sum (symmetric windows, zero padding)."""
 
-    Equivalent to a convolution with a ones kernel and zero padding (``conv3d``
-    with ``torch.ones(w, w, w)``, padding w // 2), but separable and in O(1)
-    per voxel and axis: a cumulative-sum difference along the last axis and
-    running sums along the others. Not differentiable (used inside
-    :func:`lncc_loss`'s own backward, which is again a box sum).
+    @staticmethod
+    def forward(ctx, x, radii):
+        ctx.radii = radii
+        return _box_sum_(x.clone(memory_format=torch.contiguous_format), radii)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _BoxSum.apply(grad, ctx.radii), None
+
+
+def box_sum(x: torch.Tensor, window: Union[int, Sequence[int]]) -> torch.Tensor:
+    """Sum of ``x`` over a centred box window at every voxel (zero padding outside the image).
+
+    Equals a convolution with a ones kernel and zero padding (``conv3d`` with
+    ``torch.ones(w, w, w)``, padding ``w // 2``), but is separable and O(1)
+    per voxel and axis whatever the window: a cumulative-sum difference along
+    the last axis and running sums along the others, in place on one copy of
+    ``x``. Differentiable (the backward is the same box sum), so it also
+    serves as a fast box smoother of velocity fields (divide by the window
+    volume; repeat it for a Gaussian-like kernel).
 
     Args:
         x: Tensor[N, C, D, H, W] or Tensor[N, C, H, W], float32 or float64.
         window: odd window width in voxels, int or one per spatial dim (tensor order).
 
     Returns:
-        Tensor of x's shape (a new tensor; ``x`` is not modified).
+        Tensor of x's shape (new; ``x`` is not modified).
+
+    Raises:
+        ValueError: bad ``x`` or ``window``.
     """
     if not isinstance(x, torch.Tensor) or x.dim() not in (4, 5) or x.dtype not in _FLOATING:
         raise ValueError("itk_odereg.box_sum(): 'x' must be a float32/float64 Tensor[N, C, (D,) H, W]")
     radii = _window_radii(window, x.dim() - 2, "box_sum")
-    with torch.no_grad():
-        return _box_sum_(x.detach().clone(memory_format=torch.contiguous_format), radii)
+    return _BoxSum.apply(x, radii)
 
 
 def _window_counts(
@@ -232,10 +249,20 @@ def _centre(x: torch.Tensor, m: Optional[torch.Tensor], dims: Tuple[int, ...]):
 
 
 class _LNCC(torch.autograd.Function):
-    """1 - mean local NCC^2 with box sums; the backward is three (or five) more box sums."""
+    """1 - mean local NCC^2 with box sums; the backward is three (or five) more box sums.
+
+    With per-voxel sums A = sum f, B = sum g, AB = sum f g, BB = sum g^2 and
+    g_p = dL/dNCC_p^2 = -mask_p / total, the chain rule through
+    NCC^2 = cross^2 / (var_f var_g) gives the coefficients
+    alpha = 2 g cross / (var_f var_g) (of AB), beta = -g NCC^2 / var_g (of BB)
+    and gamma = -(alpha A + 2 beta B) / n (of B). A box sum is its own
+    transpose, so dL/dg = mask (f box(alpha) + 2 g box(beta) + box(gamma)),
+    plus the term of the global variance in the regularizer. The rounding
+    guards (local variances clamped at 0, NCC^2 at 1) count as the identity.
+    """
 
     @staticmethod
-    def forward(ctx, fixed, moving, mask, radii, eps):  # noqa: D401
+    def forward(ctx, fixed, moving, mask, radii, eps):
         nd = len(radii)
         dims = tuple(range(2, 2 + nd))
         fc, var_f, count = _centre(fixed, mask, dims)
@@ -294,40 +321,42 @@ class _LNCC(torch.autograd.Function):
         nd = len(radii)
         dims = tuple(range(2, 2 + nd))
 
-        # g = dL/dcc per voxel; coefficients of the box sums (see lncc_loss notes).
+        # g = dL/dcc per voxel (-grad_out * mask / total); box-sum coefficients, written in place
+        # into one stacked tensor r that is then box-summed (the box sum is its own transpose).
         g = -grad_out / ctx.total
+        r = fc.new_empty((1 + 2 * need_m + 2 * need_f,) + tuple(fc.shape))
+        alpha = torch.mul(cross, 2.0 * g, out=r[0]).div_(var_f_loc * var_m_loc)  # d/d sum(f g)
         if mask is not None:
-            g = g * mask
-        alpha = (2.0 * g) * cross / (var_f_loc * var_m_loc)  # d/d sum(f g)
-        chans = [alpha]
-        if need_m:
-            beta_m = -g * cc / var_m_loc  # d/d sum(g^2)
-            gamma_m = -(alpha * a + 2.0 * beta_m * b) * inv_n  # d/d sum(g)
-            # regularizer e_m = eps * var(moving) enters sum(g^2) as e_m * n
-            s_m = eps * (beta_m * n).sum(dims, keepdim=True) * (eps * var_m > floor)
-            chans += [beta_m, gamma_m]
-        if need_f:
-            beta_f = -g * cc / var_f_loc
-            gamma_f = -(alpha * b + 2.0 * beta_f * a) * inv_n
-            s_f = eps * (beta_f * n).sum(dims, keepdim=True) * (eps * var_f > floor)
-            chans += [beta_f, gamma_f]
-        r = _box_sum_(torch.stack(chans), radii)
+            alpha.mul_(mask)
+        # per image (moving "g", fixed "f"): beta = d/d sum(own^2), gamma = d/d sum(own), in r[k], r[k + 1]
+        terms = (("g", need_m, var_m_loc, b, a, var_m), ("f", need_f, var_f_loc, a, b, var_f))
+        coef = {}
+        k = 1
+        for name, need, var_loc, own, other, var_glob in terms:
+            if not need:
+                continue
+            beta = torch.div(cc, var_loc, out=r[k]).mul_(-g)
+            if mask is not None:
+                beta.mul_(mask)
+            torch.mul(alpha, other, out=r[k + 1]).addcmul_(beta, own, value=2.0).mul_(inv_n).neg_()
+            # the regularizer eps * Var(image) enters sum(own^2) as eps * Var * n: chain rule to Var
+            s = eps * (beta * n).sum(dims, keepdim=True) * (eps * var_glob > floor)
+            coef[name] = (k, s)
+            k += 2
+        r = _box_sum_(r, radii)
 
-        grad_f = grad_m = None
-        if need_m:  # dL/dg = m (f box(alpha) + 2 g box(beta_m) + box(gamma_m)) + eps term
-            grad_m = fc * r[0]
-            grad_m.addcmul_(mc, r[1], value=2.0).add_(r[2])
-            grad_m.addcmul_(mc, (2.0 / count) * s_m)
+        # dL/d own = m (other box(alpha) + 2 own box(beta) + box(gamma)) + (2 / count) s own
+        grads = {}
+        for name, own_c, other_c in (("g", mc, fc), ("f", fc, mc)):
+            if name not in coef:
+                continue
+            k, s = coef[name]
+            grad = other_c * r[0]
+            grad.addcmul_(own_c, r[k], value=2.0).add_(r[k + 1]).addcmul_(own_c, (2.0 / count) * s)
             if mask is not None:
-                grad_m.mul_(mask)
-        if need_f:
-            k = 3 if need_m else 1
-            grad_f = mc * r[0]
-            grad_f.addcmul_(fc, r[k], value=2.0).add_(r[k + 1])
-            grad_f.addcmul_(fc, (2.0 / count) * s_f)
-            if mask is not None:
-                grad_f.mul_(mask)
-        return grad_f, grad_m, None, None, None
+                grad.mul_(mask)
+            grads[name] = grad
+        return grads.get("f"), grads.get("g"), None, None, None
 
 
 def lncc_loss(
@@ -555,16 +584,28 @@ def _check_range(rng, name: str, op: str):
 
 
 def _robust_range(x: torch.Tensor, percentiles: Tuple[float, float]) -> Tuple[float, float]:
-    """Intensity range of the 1-D tensor ``x`` from two percentiles (0 and 100: min and max)."""
+    """Intensity range of the 1-D tensor ``x`` from two percentiles (0 and 100: exact min and max).
+
+    Other percentiles are nearest-rank order statistics of at most 2^16 evenly
+    strided samples of ``x`` (``kthvalue``, linear time).
+    """
     lo_p, hi_p = percentiles
     x = x.detach()
     if lo_p == 0.0 and hi_p == 100.0:
-        lo, hi = x.min(), x.max()
-    else:
-        stride = max(1, -(-x.numel() // (1 << 18)))  # estimate from at most 2^18 evenly strided samples
-        q = torch.tensor([lo_p / 100.0, hi_p / 100.0], dtype=x.dtype, device=x.device)
-        lo, hi = torch.quantile(x[::stride], q)
-    return float(lo), float(hi)
+        lo, hi = torch.aminmax(x)
+        return float(lo), float(hi)
+    stride = max(1, -(-x.numel() // (1 << 16)))
+    sub = x[::stride]
+    last = sub.numel() - 1
+
+    def order_stat(p: float) -> float:
+        if p == 0.0:
+            return float(sub.min())
+        if p == 100.0:
+            return float(sub.max())
+        return float(sub.kthvalue(int(round(p / 100.0 * last)) + 1).values)
+
+    return order_stat(lo_p), order_stat(hi_p)
 
 
 def _normalize(x: torch.Tensor, rng: Tuple[float, float]) -> torch.Tensor:
@@ -601,9 +642,9 @@ def mutual_information_loss(
        ``generator``), as in ITK's/elastix's random samplers.
     2. Intensities are mapped to [0, 1] by a range (low, high): ``fixed_range``
        / ``moving_range`` when given, otherwise the ``percentiles`` of the
-       (masked) voxels, estimated on at most 2^18 strided samples; values
-       outside are clipped (they then get no gradient). The range is a
-       constant for differentiation. Prefer passing ``moving_range`` computed
+       (masked, sampled) voxels (nearest rank, from at most 2^16 evenly
+       strided ones). Values outside are clipped (they then get no
+       gradient). The range is a constant for differentiation. Prefer passing ``moving_range`` computed
        once on the *unwarped* moving image (as ITK does): the range of the
        warped image changes a little from one iteration to the next.
     3. Each sample adds a cubic B-spline (Parzen) kernel one bin wide to the

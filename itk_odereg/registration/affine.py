@@ -34,7 +34,7 @@ __all__ = ["AffineSettings", "AffineResult", "affine_register", "center_of_mass"
 class AffineSettings:
     """Settings of the affine stage. Distances in mm, angles in degrees."""
 
-    metric: str = "lncc"
+    metric: Optional[str] = None                         # None: "lncc" alone, or register()'s metric
     metric_options: dict = field(default_factory=dict)
     level_spacings_mm: tuple[float, ...] = (8.0, 4.0)   # coarse-to-fine working spacings
     rigid_iterations: tuple[int, ...] = (80, 40)
@@ -147,7 +147,7 @@ def affine_register(
     m_w2i = torch.linalg.inv(m_i2w)
     f_spacing = [float(torch.linalg.norm(f_i2w[:-1, d])) for d in range(ndim)]
     m_spacing = [float(torch.linalg.norm(m_i2w[:-1, d])) for d in range(ndim)]
-    metric = make_metric(settings.metric, **settings.metric_options)
+    metric = make_metric(settings.metric or "lncc", **settings.metric_options)
 
     center = center_of_mass(fixed.double(), f_i2w).to(dtype)
     shift = (center_of_mass(moving.double(), m_i2w).to(dtype) - center)

@@ -104,13 +104,17 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
     return device
 
 
-def _working_grid(grid: ImageGrid, resolution_mm: Optional[float]) -> tuple[ImageGrid, float]:
-    """Corner-aligned grid at about ``resolution_mm`` spanning the fixed grid's voxel centres."""
+def _working_grid(grid: ImageGrid, resolution_mm: Optional[float]):
+    """Corner-aligned grid at about ``resolution_mm`` spanning the fixed grid's voxel centres.
+
+    Returns the grid and its :class:`PyramidLevel` relative to the fixed grid
+    (None when the fixed grid itself is used).
+    """
     if resolution_mm is None or resolution_mm <= min(grid.spacing):
-        return grid, 1.0
+        return grid, None
     factor = resolution_mm / min(grid.spacing)
     level = pyramid_level(grid.shape, grid.spacing[::-1], factor)
-    return ImageGrid(level.shape[::-1], level.spacing_mm[::-1], grid.origin, grid.direction), factor
+    return ImageGrid(level.shape[::-1], level.spacing_mm[::-1], grid.origin, grid.direction), level
 
 
 def _sample_at_points(image: torch.Tensor, grid: ImageGrid, world: torch.Tensor, out_shape) -> torch.Tensor:
@@ -215,7 +219,9 @@ def register(
         A, t = np.eye(ndim), np.zeros(ndim)
         affine_history: list = []
     else:
-        settings = affine_settings or AffineSettings(metric=metric)
+        settings = affine_settings or AffineSettings()
+        if settings.metric is None:
+            settings = replace(settings, metric=metric)
         if affine == "rigid":
             settings = replace(settings, stages=("rigid",))
         result = affine_register(fixed_t, fixed_grid.voxel_to_world_matrix_torch_order(), moving_t,
@@ -227,16 +233,20 @@ def register(
 
     # 2. NODEO on the working grid.
     t0 = time.perf_counter()
-    work_grid, _ = _working_grid(fixed_grid, resolution_mm)
-    fixed_level = pyramid_level(fixed_grid.shape, fixed_grid.spacing[::-1],
-                                (work_grid.spacing[::-1][0] / fixed_grid.spacing[::-1][0]))
-    fixed_w = downsample_image(fixed_t, fixed_grid.spacing[::-1], fixed_level) if work_grid is not fixed_grid else fixed_t
+    work_grid, work_level = _working_grid(fixed_grid, resolution_mm)
+    fixed_w = fixed_t if work_level is None else downsample_image(fixed_t, fixed_grid.spacing[::-1], work_level)
     A_t = torch.as_tensor(A, dtype=torch.float64, device=dev)
     t_t = torch.as_tensor(t, dtype=torch.float64, device=dev)
     work_points = _world_points(work_grid, dev)
     moving_w = _sample_at_points(moving_t, moving_grid, work_points @ A_t.T + t_t, work_grid.shape)
     nodeo_settings = nodeo or NODEOSettings(metric=metric, steps=steps, seed=seed)
     if iterations is not None:
+        iterations = tuple(int(i) for i in iterations)
+        if not 1 <= len(iterations) <= len(nodeo_settings.levels) or any(i < 0 for i in iterations):
+            raise ValueError(
+                f"register(): 'iterations' must list 1 to {len(nodeo_settings.levels)} non-negative counts "
+                f"(one per pyramid level {nodeo_settings.levels}, coarse to fine), got {list(iterations)}"
+            )
         nodeo_settings = replace(nodeo_settings, iterations=tuple(iterations),
                                  levels=nodeo_settings.levels[-len(iterations):])
     deformable = nodeo_register(fixed_w, moving_w, work_grid.spacing[::-1], nodeo_settings,
@@ -348,7 +358,10 @@ class _progress_reporter:
         total = record["iterations"]
         width = 30
         filled = int(width * done / total)
-        level = f" level {record['level'] + 1}" if "level" in record else f" {record.get('level_spacing_mm', '')}"
+        if "level" in record:
+            level = f" level {record['level'] + 1}"
+        else:
+            level = " " + "x".join(f"{h:.1f}" for h in record.get("level_spacing_mm", ())) + " mm"
         sys.stderr.write(
             f"\r{label:>7s}{level}: [{'#' * filled}{'.' * (width - filled)}] {done}/{total} "
             f"loss {record['loss']:.4f}  {time.perf_counter() - self.started:6.1f} s"

@@ -1,0 +1,218 @@
+"""A drop-in for ``ants.registration`` backed by the NODEO engine.
+
+:func:`ants_registration` takes the arguments ``ants.registration`` takes
+(``fixed``, ``moving``, ``type_of_transform``, ``outprefix``), writes the files
+ANTs writes (``<prefix>0GenericAffine.mat``, ``<prefix>1Warp.nii.gz``,
+``<prefix>1InverseWarp.nii.gz``) and returns the same dictionary, so scripts
+written for antspyx keep working::
+
+    reg = ants_registration(fixed, moving, "SyN")
+    warped = ants.apply_transforms(fixed, moving, reg["fwdtransforms"])
+    back = ants.apply_transforms(moving, fixed, reg["invtransforms"], whichtoinvert=[True, False])
+
+Transform lists follow ANTs (``docs/methods.md`` section 3): the **last listed
+transform is applied to the image first**; equivalently a point of the output
+(reference) grid, in LPS mm, goes through the **first listed transform first**.
+``fwdtransforms = [warp, affine]`` maps a fixed point ``p``
+to ``A(W(p))`` in the moving image; ``invtransforms = [affine, inverse warp]``
+with ``whichtoinvert=[True, False]`` maps a moving point ``q`` to
+``W^-1(A^-1(q))``. The warp files hold the **deformable part only**
+(``RegistrationResult.deformable_field_mm`` and ``inverse_field_mm``) on the
+fixed grid, so that the affine is not applied twice.
+
+``type_of_transform`` mapping:
+
+============== ====================== ============================================
+ANTs name      pre-alignment          deformable stage / files
+============== ====================== ============================================
+``"SyN"``      affine (rigid, affine) NODEO; ``.mat`` + ``1Warp`` + ``1InverseWarp``
+``"SyNOnly"``  none                   NODEO; identity ``.mat`` + both warps
+``"ElasticOnly"`` none                same as ``"SyNOnly"`` (the NODEO flow is the
+                                      only deformable model here)
+``"Affine"``   affine (rigid, affine) none; ``.mat`` only
+``"Rigid"``    rigid                  none; ``.mat`` only
+============== ====================== ============================================
+
+For ``"Affine"``/``"Rigid"`` the lists are ``fwdtransforms = [affine]`` and
+``invtransforms = [affine]`` (pass ``whichtoinvert=[True]``), as in ANTs. ANTs
+writes ``0Warp.nii.gz`` (no ``.mat``) for ``"SyNOnly"``; here an identity
+``0GenericAffine.mat`` keeps the file names of ``"SyN"``.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any, Optional
+
+from .core.image import load_image, tensor_to_sitk
+from .io_utils import check_not_inputs
+from .registration.driver import register
+from .transforms import (
+    affine_matrix_to_sitk,
+    displacement_field_image,
+    write_ants_transforms,
+    write_transform,
+)
+
+__all__ = ["ants_registration", "TYPE_OF_TRANSFORM", "ANTS_METRICS", "is_ants_image"]
+
+#: ``type_of_transform`` -> (pre-alignment mode for :func:`register`, deformable stage?)
+TYPE_OF_TRANSFORM: dict[str, tuple[Optional[str], bool]] = {
+    "SyN": ("affine", True),
+    "SyNOnly": (None, True),
+    "ElasticOnly": (None, True),
+    "Affine": ("affine", False),
+    "Rigid": ("rigid", False),
+}
+
+#: ANTs metric names (lower case) accepted for ``metric`` besides ours.
+ANTS_METRICS = {"cc": "lncc", "mattes": "mi", "meansquares": "mse", "lncc": "lncc", "mi": "mi", "mse": "mse", "ngf": "ngf"}
+
+_REGISTER_KEYWORDS = ("device", "iterations", "steps", "seed", "resolution_mm", "nodeo", "affine_settings")
+_ANTS_ALIASES = {"random_seed": "seed"}
+
+
+def is_ants_image(obj: Any) -> bool:
+    """Whether ``obj`` is an ``ants.ANTsImage`` (without importing antspyx)."""
+    return type(obj).__name__ == "ANTsImage" and (type(obj).__module__ or "").startswith("ants")
+
+
+def _as_sitk(image: Any, name: str, caller: str) -> Any:
+    """A SimpleITK image for an ANTsImage, SimpleITK image, ITK image or file path."""
+    import SimpleITK as sitk
+
+    if is_ants_image(image):
+        import ants
+
+        if int(image.components) != 1:
+            raise ValueError(f"{caller}: '{name}' has {int(image.components)} components per voxel; "
+                             "only scalar images are supported")
+        if image.dimension not in (2, 3):
+            raise ValueError(f"{caller}: '{name}' is a {image.dimension}D image; only 2D and 3D images are supported")
+        return ants.to_sitk(image)
+    if isinstance(image, sitk.Image):
+        return image
+    loaded = load_image(image, name, caller)
+    return tensor_to_sitk(loaded.tensor, loaded.grid, dtype=loaded.dtype)
+
+
+def _to_output(image: Any, want_ants: bool) -> Any:
+    if not want_ants:
+        return image
+    import ants
+
+    return ants.from_sitk(image)
+
+
+def _default_prefix() -> str:
+    # Like antspyx (a fresh temporary name), but in a new directory of its own.
+    return os.path.join(tempfile.mkdtemp(prefix="itk_odereg_"), "")
+
+
+def ants_registration(
+    fixed: Any,
+    moving: Any,
+    type_of_transform: str = "SyN",
+    outprefix: Optional[str] = None,
+    *,
+    metric: str = "lncc",
+    verbose: bool = False,
+    **kwargs: Any,
+) -> dict:
+    """Register ``moving`` to ``fixed`` and return what ``ants.registration`` returns.
+
+    Args:
+        fixed: ``ants.ANTsImage``, ``SimpleITK.Image``, ``itk.Image`` or an image
+            file path (2D/3D scalar).
+        moving: likewise, on any grid.
+        type_of_transform: ``"SyN"`` (default), ``"SyNOnly"``, ``"ElasticOnly"``,
+            ``"Affine"`` or ``"Rigid"`` (see the module docstring for the mapping).
+        outprefix: prefix of the written files, concatenated as ANTs does
+            (``"out/sub01_"`` gives ``out/sub01_0GenericAffine.mat``); its directory
+            must exist. Default: a new temporary directory.
+        metric: ``"lncc"`` (default), ``"mse"``, ``"mi"``, ``"ngf"``, or the ANTs
+            names ``"CC"``, ``"mattes"``, ``"meansquares"``.
+        verbose: print a progress bar to stderr.
+        **kwargs: passed to :func:`itk_odereg.registration.driver.register`:
+            ``device``, ``iterations``, ``steps``, ``seed`` (ANTs' ``random_seed``
+            too), ``resolution_mm``, ``nodeo``, ``affine_settings``.
+
+    Returns:
+        dict with
+
+        * ``"warpedmovout"``: moving image on the fixed grid (linear);
+        * ``"warpedfixout"``: fixed image on the moving grid, through the inverse;
+        * ``"fwdtransforms"``: ``[warp, affine]`` (``[affine]`` for Affine/Rigid);
+        * ``"invtransforms"``: ``[affine, inverse warp]``, to use with
+          ``whichtoinvert=[True, False]`` (``[affine]`` with ``[True]``).
+
+        Images are ``ants.ANTsImage`` when ``fixed`` or ``moving`` is one, else
+        ``SimpleITK.Image`` (float32).
+
+    Raises:
+        ValueError: unknown ``type_of_transform`` or metric (listing the allowed
+            values), bad images, or an output that would overwrite an input.
+        TypeError: unknown keyword arguments.
+        RuntimeError: ``device="cuda"`` without a CUDA device.
+    """
+    import SimpleITK as sitk
+
+    caller = "ants_registration()"
+    if type_of_transform not in TYPE_OF_TRANSFORM:
+        raise ValueError(f'{caller}: invalid type_of_transform "{type_of_transform}". '
+                         f"Must be one of {list(TYPE_OF_TRANSFORM)}")
+    metric_key = str(metric).lower()
+    if metric_key not in ANTS_METRICS:
+        raise ValueError(f'{caller}: invalid metric "{metric}". Must be one of {sorted(ANTS_METRICS)}')
+    options: dict = {}
+    for key, value in kwargs.items():
+        key = _ANTS_ALIASES.get(key, key)
+        if key not in _REGISTER_KEYWORDS:
+            raise TypeError(f"{caller}: unexpected keyword argument '{key}'. "
+                            f"Accepted: {sorted(_REGISTER_KEYWORDS + tuple(_ANTS_ALIASES))}")
+        options[key] = value
+    affine_mode, deformable = TYPE_OF_TRANSFORM[type_of_transform]
+    if not deformable:
+        # No deformable stage: zero NODEO iterations leave the zero-initialized flow at identity.
+        options["iterations"] = (0,)
+
+    want_ants = is_ants_image(fixed) or is_ants_image(moving)
+    fixed_s = _as_sitk(fixed, "fixed", caller)
+    moving_s = _as_sitk(moving, "moving", caller)
+
+    prefix = _default_prefix() if outprefix is None else os.fspath(outprefix)
+    affine_path = prefix + "0GenericAffine.mat"
+    warp_path, inverse_path = prefix + "1Warp.nii.gz", prefix + "1InverseWarp.nii.gz"
+    outputs = [affine_path] + ([warp_path, inverse_path] if deformable else [])
+    check_not_inputs(outputs, [fixed, moving], caller)
+    directory = os.path.dirname(os.path.abspath(affine_path))
+    if not os.path.isdir(directory):
+        raise ValueError(f"{caller}: the directory of outprefix does not exist: '{directory}'")
+
+    result = register(fixed_s, moving_s, metric=ANTS_METRICS[metric_key], affine=affine_mode,
+                      progress=bool(verbose), **options)
+    A, t = result.affine_matrix, result.affine_translation
+    affine_tx = affine_matrix_to_sitk(A, t)
+    if deformable:
+        grid = result.fixed_grid
+        files = write_ants_transforms(
+            prefix,
+            (A, t),
+            displacement_field_image(result.deformable_field_mm, grid),
+            displacement_field_image(result.inverse_field_mm, grid),
+            inputs=[fixed, moving],
+        )
+        fwd, inv = files.fwdtransforms, files.invtransforms
+        warped_moving = sitk.Cast(result.warped, sitk.sitkFloat32)
+        warped_fixed = sitk.Resample(fixed_s, moving_s, result.inverse_transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    else:
+        write_transform(affine_path, affine_tx, inputs=[fixed, moving])
+        fwd, inv = [affine_path], [affine_path]
+        warped_moving = sitk.Resample(moving_s, fixed_s, affine_tx, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+        warped_fixed = sitk.Resample(fixed_s, moving_s, affine_tx.GetInverse(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    return {
+        "warpedmovout": _to_output(warped_moving, want_ants),
+        "warpedfixout": _to_output(warped_fixed, want_ants),
+        "fwdtransforms": list(fwd),
+        "invtransforms": list(inv),
+    }

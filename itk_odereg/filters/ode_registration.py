@@ -1,0 +1,859 @@
+"""ITK and SimpleITK front ends of :func:`itk_odereg.registration.driver.register`.
+
+Three ways into the same engine, each in the idiom of its toolkit:
+
+* :class:`ODERegistrationFilter`: an ITK filter built on ``itk.PyImageFilter``
+  (``New()``, ``SetFixedImage``/``SetMovingImage``, ``SetX``/``GetX``,
+  ``XOn``/``XOff``, ``Update()``, ``GetOutput()``). It is a real stage of an ITK
+  pipeline: ``reader -> ODERegistrationFilter -> itk.MedianImageFilter`` and a
+  ``Update()`` of the last filter runs the registration.
+* :func:`ode_registration_filter`: its snake_case functional twin, returning
+  ``(warped, transform)`` as ``itk.elastix_registration_method`` returns
+  ``(image, parameters)``.
+* :class:`ODERegistrationMethod`: SimpleITK style, ``Execute(fixed, moving)``
+  returns a ``sitk.Transform`` for ``sitk.Resample(moving, fixed, transform)``.
+
+Conventions (``docs/methods.md`` section 3): every transform maps points of the
+**fixed** image to points of the **moving** image, in physical LPS millimetres
+(ITK's convention), so the resampling filters of ITK and SimpleITK use it
+unchanged. The forward transform is the composite ``[affine, warp]`` (the warp
+acts first: ``p -> A(W(p))``); the inverse is ``[inverse warp, inverse affine]``
+(``q -> W^-1(A^-1(q))``). Displacement fields are vector images on the fixed
+grid, components (x, y[, z]) in mm.
+"""
+from __future__ import annotations
+
+import sys
+import weakref
+from typing import Any, Optional, Sequence
+
+from ..registration.affine import AffineSettings
+from ..registration.driver import AFFINE_MODES, METRICS, RegistrationResult, register
+from ..registration.nodeo import NODEOSettings
+
+__all__ = ["ODERegistrationFilter", "ode_registration_filter", "ODERegistrationMethod"]
+
+# Keyword (snake_case) name of every parameter, its ITK/SimpleITK name and default.
+_PARAMETERS: dict[str, tuple[str, Any]] = {
+    "metric": ("Metric", "lncc"),
+    "affine": ("Affine", "affine"),
+    "device": ("Device", "cpu"),
+    "iterations": ("Iterations", None),
+    "steps": ("Steps", 8),
+    "seed": ("Seed", 0),
+    "resolution_mm": ("ResolutionMM", 2.0),
+    "progress": ("Progress", False),
+    "nodeo_settings": ("NODEOSettings", None),
+    "affine_settings": ("AffineSettings", None),
+}
+# Other spellings accepted by New(**kw) / ode_registration_filter(**kw) / the constructors.
+_ALIASES = {camel: key for key, (camel, _) in _PARAMETERS.items()}
+_ALIASES.update({"NumberOfIterations": "iterations", "number_of_iterations": "iterations", "nodeo": "nodeo_settings",
+                 "ProgressBar": "progress", "progress_bar": "progress"})
+
+
+# ---------------------------------------------------------------------------- parameter checks
+
+
+def _check_metric(value: Any, caller: str) -> str:
+    if value not in METRICS:
+        raise ValueError(f'{caller}: invalid metric "{value}". Must be one of {list(METRICS)}')
+    return str(value)
+
+
+def _check_affine(value: Any, caller: str) -> Optional[str]:
+    if isinstance(value, str) and value.lower() == "none":
+        value = None
+    if value is False:
+        value = None
+    if value not in AFFINE_MODES:
+        raise ValueError(f'{caller}: invalid affine "{value}". Must be one of {list(AFFINE_MODES)} (or "none")')
+    return value
+
+
+def _check_device(value: Any, caller: str) -> str:
+    text = str(value)
+    if not (text == "cpu" or text == "cuda" or text.startswith("cuda:")):
+        raise ValueError(f"{caller}: 'device' must be 'cpu', 'cuda' or 'cuda:N', got {value!r}")
+    return text
+
+
+def _check_iterations(value: Any, caller: str) -> Optional[tuple[int, ...]]:
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value,)
+    try:
+        out = tuple(int(v) for v in value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{caller}: 'iterations' must be a sequence of integers (one per pyramid level, coarse to fine), "
+                        f"got {value!r}") from None
+    if not out or any(v < 0 for v in out) or any(int(v) != v for v in value):
+        raise ValueError(f"{caller}: 'iterations' must be non-negative integers, one per pyramid level "
+                         f"(coarse to fine, at most 3 with the default levels), got {value!r}")
+    return out
+
+
+def _check_positive_int(value: Any, name: str, caller: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{caller}: '{name}' must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _check_seed(value: Any, caller: str) -> Optional[int]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{caller}: 'seed' must be an integer or None, got {value!r}")
+    return int(value)
+
+
+def _check_resolution(value: Any, caller: str) -> Optional[float]:
+    if value is None:
+        return None
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{caller}: 'resolution_mm' must be a number (mm) or None, got {value!r}") from None
+    if not out > 0:
+        raise ValueError(f"{caller}: 'resolution_mm' must be positive (mm) or None, got {value!r}")
+    return out
+
+
+def _check_instance(value: Any, cls: type, name: str, caller: str) -> Any:
+    if value is not None and not isinstance(value, cls):
+        raise TypeError(f"{caller}: '{name}' must be a {cls.__name__} or None, got {type(value).__name__}")
+    return value
+
+
+_CHECKS = {
+    "metric": _check_metric,
+    "affine": _check_affine,
+    "device": _check_device,
+    "iterations": _check_iterations,
+    "steps": lambda v, c: _check_positive_int(v, "steps", c),
+    "seed": _check_seed,
+    "resolution_mm": _check_resolution,
+    "progress": lambda v, c: bool(v),
+    "nodeo_settings": lambda v, c: _check_instance(v, NODEOSettings, "nodeo_settings", c),
+    "affine_settings": lambda v, c: _check_instance(v, AffineSettings, "affine_settings", c),
+}
+
+
+def _canonical_key(name: str, caller: str) -> str:
+    if name in _PARAMETERS:
+        return name
+    if name in _ALIASES:
+        return _ALIASES[name]
+    allowed = sorted(set(_PARAMETERS) | set(_ALIASES))
+    raise TypeError(f"{caller}: unknown parameter '{name}'. Must be one of {allowed}")
+
+
+class _Parameters:
+    """``SetX``/``GetX`` (and ``ProgressOn``/``ProgressOff``) shared by both front ends.
+
+    Subclasses set ``self._params`` to a dict of the keys of ``_PARAMETERS`` and
+    may override :meth:`_modified` (the ITK filter marks itself modified).
+    """
+
+    _params: dict
+
+    def _init_parameters(self, kwargs: dict, caller: str) -> None:
+        self._params = {key: default for key, (_, default) in _PARAMETERS.items()}
+        for name, value in kwargs.items():
+            self._set(_canonical_key(name, caller), value, caller)
+
+    def _set(self, key: str, value: Any, caller: str | None = None) -> None:
+        caller = caller or f"{type(self).__name__}.Set{_PARAMETERS[key][0]}()"
+        value = _CHECKS[key](value, caller)
+        if self._params.get(key, object()) != value or key not in self._params:
+            self._params[key] = value
+            self._modified()
+
+    def _modified(self) -> None:
+        pass
+
+    def _register_kwargs(self) -> dict:
+        p = self._params
+        return dict(
+            metric=p["metric"], affine=p["affine"], device=p["device"], iterations=p["iterations"],
+            steps=p["steps"], seed=p["seed"], resolution_mm=p["resolution_mm"], progress=p["progress"],
+            nodeo=p["nodeo_settings"], affine_settings=p["affine_settings"],
+        )
+
+    def _settings_lines(self) -> list[str]:
+        return [f"{camel}: {self._params[key]!r}" for key, (camel, _) in _PARAMETERS.items()]
+
+    # -- metric
+    def SetMetric(self, metric: str) -> None:
+        """Similarity metric: ``"lncc"`` (default, same contrast), ``"mse"``, ``"mi"`` (Mattes MI) or ``"ngf"``."""
+        self._set("metric", metric)
+
+    def GetMetric(self) -> str:
+        """The similarity metric name."""
+        return self._params["metric"]
+
+    # -- affine
+    def SetAffine(self, affine: Optional[str]) -> None:
+        """Pre-alignment: ``"affine"`` (centres, rigid, affine; default), ``"rigid"``, or None / ``"none"``."""
+        self._set("affine", affine)
+
+    def GetAffine(self) -> Optional[str]:
+        """``"affine"``, ``"rigid"`` or None."""
+        return self._params["affine"]
+
+    # -- device
+    def SetDevice(self, device: str) -> None:
+        """Torch device: ``"cpu"`` (default) or ``"cuda"`` / ``"cuda:N"`` (checked when the registration runs)."""
+        self._set("device", device)
+
+    def GetDevice(self) -> str:
+        """The torch device string."""
+        return self._params["device"]
+
+    # -- iterations
+    def SetIterations(self, iterations: Optional[Sequence[int]]) -> None:
+        """NODEO iterations per pyramid level, coarse to fine; the last ``len`` levels of (4x, 2x, 1x) are used.
+
+        None restores the default (150, 100, 50).
+        """
+        self._set("iterations", iterations)
+
+    def GetIterations(self) -> Optional[tuple[int, ...]]:
+        """Iterations per level (None: the engine's default)."""
+        return self._params["iterations"]
+
+    SetNumberOfIterations = SetIterations
+    GetNumberOfIterations = GetIterations
+
+    # -- steps
+    def SetSteps(self, steps: int) -> None:
+        """Number of ODE solver steps on t in [0, 1] (default 8)."""
+        self._set("steps", steps)
+
+    def GetSteps(self) -> int:
+        """ODE solver steps."""
+        return self._params["steps"]
+
+    # -- seed
+    def SetSeed(self, seed: Optional[int]) -> None:
+        """Random seed of torch (default 0; None: not seeded)."""
+        self._set("seed", seed)
+
+    def GetSeed(self) -> Optional[int]:
+        """The random seed."""
+        return self._params["seed"]
+
+    # -- resolution
+    def SetResolutionMM(self, resolution_mm: Optional[float]) -> None:
+        """Spacing in mm of the grid NODEO works on (default 2.0; None: the fixed image's own grid).
+
+        Results are always on the fixed grid.
+        """
+        self._set("resolution_mm", resolution_mm)
+
+    def GetResolutionMM(self) -> Optional[float]:
+        """The working resolution in mm (None: the fixed grid)."""
+        return self._params["resolution_mm"]
+
+    # -- progress
+    def SetProgress(self, progress: bool) -> None:
+        """Print a progress bar to stderr while registering."""
+        self._set("progress", progress)
+
+    def GetProgress(self) -> bool:
+        """Whether a progress bar is printed."""
+        return self._params["progress"]
+
+    def ProgressOn(self) -> None:
+        """Same as ``SetProgress(True)``."""
+        self.SetProgress(True)
+
+    def ProgressOff(self) -> None:
+        """Same as ``SetProgress(False)``."""
+        self.SetProgress(False)
+
+    # -- full settings objects
+    def SetNODEOSettings(self, settings: Optional[NODEOSettings]) -> None:
+        """Full :class:`~itk_odereg.registration.nodeo.NODEOSettings` (its metric, steps and seed
+        replace ``Metric``/``Steps``/``Seed`` for the deformable stage; ``Iterations`` still applies)."""
+        self._set("nodeo_settings", settings)
+
+    def GetNODEOSettings(self) -> Optional[NODEOSettings]:
+        """The NODEO settings object, or None."""
+        return self._params["nodeo_settings"]
+
+    def SetAffineSettings(self, settings: Optional[AffineSettings]) -> None:
+        """Full :class:`~itk_odereg.registration.affine.AffineSettings` of the pre-alignment."""
+        self._set("affine_settings", settings)
+
+    def GetAffineSettings(self) -> Optional[AffineSettings]:
+        """The affine settings object, or None."""
+        return self._params["affine_settings"]
+
+
+# ---------------------------------------------------------------------------- ITK filter
+
+
+def _itk():
+    import itk
+
+    return itk
+
+
+def _scalar_image_type(image: Any, caller: str, name: str) -> tuple[Any, int]:
+    """(itk image type, dimension) of a scalar itk.Image; clear errors for everything else."""
+    itk = _itk()
+    if not hasattr(image, "GetImageDimension") or not hasattr(image, "GetLargestPossibleRegion"):
+        hint = ""
+        mod = type(image).__module__ or ""
+        if mod.startswith("SimpleITK"):
+            hint = " (for SimpleITK images use ODERegistrationMethod)"
+        raise TypeError(f"{caller}: '{name}' must be an itk.Image or an ITK filter with GetOutput(), "
+                        f"got {type(image).__module__}.{type(image).__name__}{hint}")
+    d = int(image.GetImageDimension())
+    if d not in (2, 3):
+        raise ValueError(f"{caller}: '{name}' is a {d}D image; only 2D and 3D images are supported")
+    try:
+        pixel, dim = itk.template(image)[1]
+    except Exception:  # noqa: BLE001 - not a templated itk.Image
+        raise TypeError(f"{caller}: '{name}' must be a scalar itk.Image, got {type(image).__name__}") from None
+    if "VectorImage" in type(image).__name__ or int(image.GetNumberOfComponentsPerPixel()) != 1:
+        raise ValueError(f"{caller}: '{name}' has {int(image.GetNumberOfComponentsPerPixel())} components per voxel "
+                         f"({type(image).__name__}); only scalar images are supported")
+    return itk.Image[pixel, dim], d
+
+
+class _FilterState:
+    """What the C++ side reaches through the GenerateData callable: parameters in, result out.
+
+    It holds no reference to the filter's own proxy, so the callable (which the
+    C++ filter keeps alive) creates no reference cycle through C++.
+    """
+
+    def __init__(self, params: dict, name: str) -> None:
+        self.params = params
+        self.name = name
+        self.result: Optional[RegistrationResult] = None
+        self.error: Optional[BaseException] = None
+        self.updating_from_python = False  # ODERegistrationFilter.Update() re-raises the error itself
+
+
+class _OneShotExceptHook:
+    """Replaces ``sys.excepthook`` until ``PyErr_Print`` (called by ``itk::PyImageFilter`` on a failed
+    callable) reports ``error``, then restores the hook. Instead of the full traceback it prints one
+    line, or nothing when ``ODERegistrationFilter.Update()`` is about to re-raise the error anyway."""
+
+    def __init__(self, error: BaseException, label: str, quiet: bool) -> None:
+        self.error = error
+        self.label = label
+        self.quiet = quiet
+        self.previous = sys.excepthook
+
+    def __call__(self, etype, value, tb) -> None:
+        if sys.excepthook is self:
+            sys.excepthook = self.previous
+        if value is self.error:
+            if not self.quiet:
+                sys.stderr.write(f"{self.label}: {etype.__name__}: {value}\n")
+            return
+        self.previous(etype, value, tb)
+
+    def uninstall(self) -> None:
+        if sys.excepthook is self:
+            sys.excepthook = self.previous
+
+
+def _generate_input_requested_region(py_filter: Any) -> None:
+    # The superclass copied the output's requested region (fixed grid) to every
+    # input; the moving image lives on its own grid, and both are needed whole.
+    if py_filter is None:
+        return
+    for i in range(int(py_filter.GetNumberOfIndexedInputs())):
+        image = py_filter.GetInput(i)
+        if image is not None:
+            image.SetRequestedRegionToLargestPossibleRegion()
+
+
+class _GenerateData:
+    """The callable ``itk::PyImageFilter::GenerateData`` calls with the filter's proxy."""
+
+    def __init__(self, state: _FilterState) -> None:
+        self.state = state
+
+    def __call__(self, py_filter: Any) -> None:
+        itk = _itk()
+        state = self.state
+        state.error = None
+        try:
+            if py_filter is None:
+                raise RuntimeError(
+                    f"{state.name}: the Python object of this filter was garbage-collected; keep a reference "
+                    "to the ODERegistrationFilter while its pipeline is in use"
+                )
+            fixed = py_filter.GetInput(0)
+            moving = py_filter.GetInput(1) if int(py_filter.GetNumberOfIndexedInputs()) > 1 else None
+            if fixed is None or moving is None:
+                raise ValueError(f"{state.name}: set both images first (SetFixedImage and SetMovingImage)")
+            state.result = None
+            result = register(fixed, moving, **_registration_kwargs(state.params, py_filter))
+            output = py_filter.GetOutput()
+            output.SetBufferedRegion(output.GetLargestPossibleRegion())
+            output.Allocate()
+            view = itk.array_view_from_image(output)
+            view[...] = itk.array_view_from_image(result.warped)
+            del view
+            state.result = result
+            py_filter.UpdateProgress(1.0)
+        except BaseException as err:  # noqa: BLE001 - reported through ITK, re-raised by Update()
+            state.error = err
+            sys.excepthook = _OneShotExceptHook(err, state.name, quiet=state.updating_from_python)
+            raise
+
+
+def _expected_iterations(params: dict) -> int:
+    """Iterations the engine will report (affine stages + NODEO levels), for ITK's progress fraction."""
+    total = 0
+    if params["affine"] is not None:
+        settings = params["affine_settings"] or AffineSettings()
+        stages = ("rigid",) if params["affine"] == "rigid" else tuple(settings.stages)
+        total += sum(settings.rigid_iterations) if "rigid" in stages else 0
+        total += sum(settings.affine_iterations) if "affine" in stages else 0
+    nodeo = params["nodeo_settings"] or NODEOSettings()
+    total += sum(params["iterations"] if params["iterations"] is not None else nodeo.iterations)
+    return max(total, 1)
+
+
+def _registration_kwargs(params: dict, py_filter: Any) -> dict:
+    p = params
+    progress: Any = p["progress"]
+    if not progress:
+        # ITK ProgressEvent observers (e.g. itk.auto_progress) see every iteration;
+        # 1.0 is reported once the output is filled.
+        total, seen = _expected_iterations(p), [0]
+
+        def progress(record: dict) -> None:  # noqa: F811
+            seen[0] += 1
+            py_filter.UpdateProgress(min(0.999, seen[0] / total))
+    return dict(
+        metric=p["metric"], affine=p["affine"], device=p["device"], iterations=p["iterations"],
+        steps=p["steps"], seed=p["seed"], resolution_mm=p["resolution_mm"], progress=progress,
+        nodeo=p["nodeo_settings"], affine_settings=p["affine_settings"],
+    )
+
+
+class ODERegistrationFilter(_Parameters):
+    """NODEO registration as an ITK image filter (``itk.PyImageFilter`` with two inputs).
+
+    Input 0 is the fixed image, input 1 the moving image (any grid: size,
+    spacing, origin, direction may differ). The output is the moving image
+    resampled onto the fixed grid (linear, ``itk.Image[itk.F, d]``). The
+    transforms and fields of the last run are available after ``Update()``
+    (the getters update the filter first if needed).
+
+    The object wraps an ``itk.PyImageFilter[itk.Image[itk.F, d], itk.Image[itk.F, d]]``
+    (``GetITKFilter()``); every method of it not defined here (``AddObserver``,
+    ``GetMTime``, ``UpdateLargestPossibleRegion``, ...) is forwarded to it, and
+    ITK functions that take a filter (``itk.MedianImageFilter.New(f)``,
+    ``itk.imwrite(f, ...)``) use ``GetOutput()``. Inputs of another scalar pixel
+    type are cast to float inside the pipeline.
+
+    Pipeline notes:
+
+    * ``itk::PyImageFilter`` reaches its Python callable through a pointer to
+      the Python object that its Python ``Update()`` registers, so a pipeline
+      updated from *downstream* (``median.Update()``) before this filter's own
+      first ``Update()`` would crash. ``New()`` registers it at once, so any
+      stage of the pipeline can be updated first.
+    * The C++ filter only lives while this object does (ITK's own rule: keep a
+      reference to every filter of a pipeline you update later).
+    * ``itk::ImageToImageFilter`` normally requires all inputs to share one
+      physical space; this filter turns that check off (its coordinate and
+      direction tolerances are set to infinity) and requests each input whole.
+    * A failed registration raises the original exception from ``Update()``; from a
+      downstream ``Update()`` ITK raises ``RuntimeError("... error executing the
+      CommandCallable")`` after a one-line message on stderr.
+
+    Example:
+        >>> reader = itk.ImageFileReader.New(FileName="fixed.nii.gz")
+        >>> reg = ODERegistrationFilter.New(reader, moving_image, Metric="lncc", Iterations=(100, 50))
+        >>> median = itk.MedianImageFilter.New(reg, Radius=1)
+        >>> median.Update()                      # runs the registration
+        >>> transform = reg.GetTransform()       # itk.CompositeTransform[itk.D, 3], fixed -> moving
+
+    Parameters (``SetX``/``GetX``): Metric, Affine, Device, Iterations
+    (alias NumberOfIterations), Steps, Seed, ResolutionMM, ProgressBar
+    (``ProgressBarOn``/``ProgressBarOff``, also ``ProgressOn``/``ProgressOff``),
+    NODEOSettings, AffineSettings. ``GetProgress()`` is ITK's fraction done
+    (updated every iteration: ``ProgressEvent`` observers and
+    ``itk.auto_progress`` work while the progress bar is off).
+    """
+
+    def __init__(self, *, dimension: int = 3, _token: object = None) -> None:
+        if _token is not _NEW_TOKEN:
+            raise TypeError("ODERegistrationFilter: create it with ODERegistrationFilter.New(...) (ITK style)")
+        if dimension not in (2, 3):
+            raise ValueError(f"ODERegistrationFilter.New(): 'dimension' must be 2 or 3, got {dimension!r}")
+        itk = _itk()
+        object.__setattr__(self, "_filter", None)
+        self._init_parameters({}, "ODERegistrationFilter.New()")
+        self._dimension = dimension
+        self._image_type = itk.Image[itk.F, dimension]
+        self._state = _FilterState(self._params, "ODERegistrationFilter")
+        self._casts: dict[int, Any] = {}
+        py_filter = itk.PyImageFilter[self._image_type, self._image_type].New()
+        py_filter.SetPyGenerateData(_GenerateData(self._state))
+        py_filter.SetPyGenerateInputRequestedRegion(_generate_input_requested_region)
+        # Fixed and moving images live on different grids.
+        py_filter.SetCoordinateTolerance(float("inf"))
+        py_filter.SetDirectionTolerance(float("inf"))
+        # What the first Python Update() would do: give C++ the pointer to this
+        # proxy, so an update started downstream finds its callable's argument.
+        py_filter._SetSelf(py_filter)
+        self._filter = py_filter
+        # If the proxy ever dies before the C++ object, C++ must not keep a dangling pointer
+        # (not at interpreter exit, when ITK may already be gone).
+        weakref.finalize(self, py_filter._SetSelf, None).atexit = False
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def New(cls, *inputs: Any, dimension: Optional[int] = None, **parameters: Any) -> "ODERegistrationFilter":
+        """Create the filter (ITK style).
+
+        Args:
+            *inputs: optional fixed image, then moving image (``itk.Image`` or a
+                filter whose ``GetOutput()`` is one).
+            dimension: 2 or 3; default the fixed image's dimension, else 3.
+            **parameters: ``Metric="mi"``, ``Iterations=(100, 50)``, ... (ITK names)
+                or their snake_case names (``resolution_mm=None``).
+
+        Returns:
+            ODERegistrationFilter.
+
+        Raises:
+            TypeError, ValueError: bad inputs or parameters, naming them.
+        """
+        caller = f"{cls.__name__}.New()"
+        if len(inputs) > 2:
+            raise TypeError(f"{caller}: takes at most 2 inputs (fixed, moving), got {len(inputs)}")
+        itk = _itk()
+        if dimension is None:
+            dimension = _scalar_image_type(itk.output(inputs[0]), caller, "fixed")[1] if inputs else 3
+        self = cls(dimension=dimension, _token=_NEW_TOKEN)
+        for key, value in parameters.items():
+            self._set(_canonical_key(key, caller), value, caller)
+        if len(inputs) >= 1:
+            self.SetFixedImage(inputs[0])
+        if len(inputs) == 2:
+            self.SetMovingImage(inputs[1])
+        return self
+
+    # ------------------------------------------------------------------ forwarding
+
+    def __getattr__(self, name: str) -> Any:
+        py_filter = self.__dict__.get("_filter")
+        if py_filter is None or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(py_filter, name)
+
+    def _modified(self) -> None:
+        py_filter = self.__dict__.get("_filter")
+        if py_filter is not None:
+            py_filter.Modified()
+
+    def GetITKFilter(self) -> Any:
+        """The underlying ``itk.PyImageFilter`` (a process object of the pipeline)."""
+        return self._filter
+
+    GetPointer = GetITKFilter
+
+    # ITK's ProcessObject::GetProgress() is the fraction done (ProgressEvent observers
+    # read it), so the progress-bar switch is called ProgressBar here.
+    def SetProgressBar(self, progress_bar: bool) -> None:
+        """Print a progress bar to stderr while registering (then no ITK ProgressEvents are sent)."""
+        self._set("progress", progress_bar, f"{type(self).__name__}.SetProgressBar()")
+
+    def GetProgressBar(self) -> bool:
+        """Whether a progress bar is printed."""
+        return self._params["progress"]
+
+    def ProgressBarOn(self) -> None:
+        """Same as ``SetProgressBar(True)``."""
+        self.SetProgressBar(True)
+
+    def ProgressBarOff(self) -> None:
+        """Same as ``SetProgressBar(False)``."""
+        self.SetProgressBar(False)
+
+    def SetProgress(self, progress: bool) -> None:
+        """Same as :meth:`SetProgressBar` (``ProgressOn``/``ProgressOff`` too); ``GetProgress`` is ITK's."""
+        self.SetProgressBar(progress)
+
+    def GetProgress(self) -> float:
+        """ITK's progress of the running or last update, in [0, 1] (not the progress-bar switch: :meth:`GetProgressBar`)."""
+        return float(self._filter.GetProgress())
+
+    # ------------------------------------------------------------------ inputs and output
+
+    def _connect(self, index: int, image: Any, name: str) -> None:
+        itk = _itk()
+        caller = f"{type(self).__name__}.Set{name.capitalize()}Image()"
+        image = itk.output(image)
+        image_type, d = _scalar_image_type(image, caller, name)
+        if d != self._dimension:
+            raise ValueError(f"{caller}: '{name}' is {d}D but this filter was created for {self._dimension}D images "
+                             f"(use {type(self).__name__}.New(dimension={d}) or New(fixed, moving))")
+        if image_type != self._image_type:
+            cast = itk.CastImageFilter[image_type, self._image_type].New()
+            cast.SetInput(image)
+            self._casts[index] = cast
+            image = cast.GetOutput()
+        else:
+            self._casts.pop(index, None)
+        self._filter.SetInput(index, image)
+
+    def SetFixedImage(self, image: Any) -> None:
+        """The reference image (input 0): a scalar ``itk.Image`` (2D/3D) or a filter producing one."""
+        self._connect(0, image, "fixed")
+
+    def SetMovingImage(self, image: Any) -> None:
+        """The image to align (input 1), on any grid: a scalar ``itk.Image`` or a filter producing one."""
+        self._connect(1, image, "moving")
+
+    def GetFixedImage(self) -> Any:
+        """Input 0 as the filter sees it (float)."""
+        return self._filter.GetInput(0)
+
+    def GetMovingImage(self) -> Any:
+        """Input 1 as the filter sees it (float)."""
+        return self._filter.GetInput(1) if int(self._filter.GetNumberOfIndexedInputs()) > 1 else None
+
+    def SetInput(self, *args: Any) -> None:
+        """``SetInput(image)`` sets the fixed image, ``SetInput(i, image)`` input ``i`` (0 fixed, 1 moving)."""
+        if len(args) == 1:
+            self.SetFixedImage(args[0])
+        elif len(args) == 2 and args[0] in (0, 1):
+            self._connect(int(args[0]), args[1], "fixed" if args[0] == 0 else "moving")
+        else:
+            raise TypeError(f"{type(self).__name__}.SetInput(): expected (image) or (index 0|1, image), "
+                            f"got {len(args)} arguments")
+
+    def GetOutput(self) -> Any:
+        """The warped moving image on the fixed grid (``itk.Image[itk.F, d]``; filled by ``Update()``)."""
+        return self._filter.GetOutput()
+
+    def Update(self) -> None:
+        """Run the pipeline up to this filter (the registration, if inputs or parameters changed).
+
+        Raises:
+            The exception the registration raised (ValueError for bad images, RuntimeError
+            for an unavailable device, ...), not ITK's generic wrapper of it.
+        """
+        state = self._state
+        state.error = None
+        state.updating_from_python = True
+        try:
+            self._filter.Update()
+        except RuntimeError:
+            error = state.error
+            if error is not None:
+                state.error = None
+                raise error from None
+            raise
+        finally:
+            state.updating_from_python = False
+            if isinstance(sys.excepthook, _OneShotExceptHook):
+                sys.excepthook.uninstall()
+
+    # ------------------------------------------------------------------ results
+
+    def GetResult(self) -> RegistrationResult:
+        """The full :class:`RegistrationResult` of the last run (ITK types); updates first if needed."""
+        self.Update()
+        if self._state.result is None:  # pragma: no cover - Update() raises instead
+            raise RuntimeError(f"{type(self).__name__}: no registration result (did Update() fail?)")
+        return self._state.result
+
+    def GetTransform(self) -> Any:
+        """``itk.CompositeTransform[itk.D, d]`` ``[affine, displacement]``: fixed points -> moving points (LPS mm).
+
+        Works unchanged in ``itk.resample_image_filter(moving, transform=..., use_reference_image=True,
+        reference_image=fixed)``.
+        """
+        return self.GetResult().transform
+
+    def GetInverseTransform(self) -> Any:
+        """``itk.CompositeTransform[itk.D, d]``: moving points -> fixed points (inverse warp after inverse affine)."""
+        return self.GetResult().inverse_transform
+
+    def GetDisplacementField(self) -> Any:
+        """``itk.Image[itk.Vector[itk.D, d], d]`` on the fixed grid: ``T(p) - p`` in mm (x, y[, z]), affine included."""
+        return self.GetResult().displacement_field
+
+    def GetInverseDisplacementField(self) -> Any:
+        """``itk.Image[itk.Vector[itk.D, d], d]``: the deformable part's inverse displacement, mm."""
+        return self.GetResult().inverse_displacement_field
+
+    def GetJacobianDeterminant(self) -> Any:
+        """``itk.Image`` on the fixed grid: det(I + Du) of the deformable part.
+
+        The affine's determinant is the constant ``GetResult().affine_determinant``.
+        """
+        return self.GetResult().jacobian_determinant
+
+    # ------------------------------------------------------------------ printing
+
+    def _settings_lines(self) -> list[str]:
+        return [line.replace("Progress:", "ProgressBar:", 1) for line in super()._settings_lines()]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(dimension={self._dimension}, " + ", ".join(
+            f"{'ProgressBar' if key == 'progress' else camel}={self._params[key]!r}"
+            for key, (camel, _) in _PARAMETERS.items()
+        ) + ")"
+
+    def __str__(self) -> str:
+        lines = [f"{type(self).__name__} (itk.PyImageFilter, {self._dimension}D, float)"]
+        lines += ["  " + line for line in self._settings_lines()]
+        lines.append(f"  Updated: {self._state.result is not None}")
+        return "\n".join(lines)
+
+    PrintSelf = __str__
+
+
+_NEW_TOKEN = object()
+
+
+def ode_registration_filter(fixed: Any, moving: Any, **parameters: Any) -> tuple[Any, Any]:
+    """Functional twin of :class:`ODERegistrationFilter` (like ``itk.elastix_registration_method``).
+
+    Args:
+        fixed: scalar ``itk.Image`` (2D/3D), or a filter producing one.
+        moving: scalar ``itk.Image`` on any grid.
+        **parameters: snake_case parameters: ``metric``, ``affine``, ``device``,
+            ``iterations``, ``steps``, ``seed``, ``resolution_mm``, ``progress``,
+            ``nodeo_settings``, ``affine_settings`` (ITK names are accepted too).
+
+    Returns:
+        ``(warped, transform)``: the moving image on the fixed grid
+        (``itk.Image[itk.F, d]``) and the ``itk.CompositeTransform[itk.D, d]``
+        mapping fixed points to moving points (LPS mm). ``(image, transform)``
+        mirrors ``itk.elastix_registration_method``'s ``(image, parameters)``;
+        use :class:`ODERegistrationFilter` for the inverse and the fields.
+
+    Raises:
+        TypeError, ValueError: bad images or parameters.
+        RuntimeError: ``device="cuda"`` without a CUDA device.
+    """
+    reg = ODERegistrationFilter.New(fixed, moving, **parameters)
+    reg.Update()
+    return reg.GetOutput(), reg.GetTransform()
+
+
+# ---------------------------------------------------------------------------- SimpleITK method
+
+
+class ODERegistrationMethod(_Parameters):
+    """NODEO registration in SimpleITK style: ``Execute(fixed, moving) -> sitk.Transform``.
+
+    The transform maps fixed points to moving points (LPS mm), so
+    ``sitk.Resample(moving, fixed, transform)`` brings the moving image onto the
+    fixed grid, as with ``sitk.ImageRegistrationMethod``.
+
+    Example:
+        >>> method = ODERegistrationMethod()
+        >>> method.SetMetric("mi")
+        >>> method.SetNumberOfIterations((100, 50))
+        >>> tx = method.Execute(fixed, moving)
+        >>> warped = sitk.Resample(moving, fixed, tx, sitk.sitkLinear, 0.0)
+
+    Args:
+        **parameters: optional initial values by snake_case or SimpleITK name
+            (``metric="mi"``, ``NumberOfIterations=(100, 50)``).
+    """
+
+    def __init__(self, **parameters: Any) -> None:
+        self._init_parameters(parameters, f"{type(self).__name__}()")
+        self._result: Optional[RegistrationResult] = None
+
+    def Execute(self, fixed: Any, moving: Any) -> Any:
+        """Register ``moving`` to ``fixed``.
+
+        Args:
+            fixed: ``SimpleITK.Image`` (2D/3D scalar) or an image file path.
+            moving: ``SimpleITK.Image`` or path, on any grid.
+
+        Returns:
+            ``sitk.CompositeTransform`` ``[affine, displacement field]``, fixed -> moving.
+
+        Raises:
+            TypeError: for inputs that are not SimpleITK images or paths.
+            ValueError: bad images (dimension, vector pixels, constant, ...).
+            RuntimeError: ``device="cuda"`` without a CUDA device.
+        """
+        import os
+
+        import SimpleITK as sitk
+
+        caller = f"{type(self).__name__}.Execute()"
+        for name, image in (("fixed", fixed), ("moving", moving)):
+            if not isinstance(image, (sitk.Image, str, os.PathLike)):
+                is_itk = (type(image).__module__ or "").startswith("itk")
+                hint = " (for itk images use ODERegistrationFilter)" if is_itk else ""
+                raise TypeError(f"{caller}: '{name}' must be a SimpleITK.Image or a file path, "
+                                f"got {type(image).__module__}.{type(image).__name__}{hint}")
+        self._result = None
+        self._result = register(fixed, moving, **self._register_kwargs())
+        return self._result.transform
+
+    def _require(self, what: str) -> RegistrationResult:
+        if self._result is None:
+            raise RuntimeError(f"{type(self).__name__}.{what}(): call Execute(fixed, moving) first")
+        return self._result
+
+    def GetResult(self) -> RegistrationResult:
+        """The :class:`RegistrationResult` of the last ``Execute`` (SimpleITK types)."""
+        return self._require("GetResult")
+
+    def GetTransform(self) -> Any:
+        """The forward transform of the last ``Execute`` (fixed -> moving)."""
+        return self._require("GetTransform").transform
+
+    def GetInverseTransform(self) -> Any:
+        """``sitk.CompositeTransform`` moving -> fixed points.
+
+        ``sitk.Resample(fixed, moving, inverse)`` brings the fixed image onto the moving grid.
+        """
+        return self._require("GetInverseTransform").inverse_transform
+
+    def GetDisplacementField(self) -> Any:
+        """``sitkVectorFloat64`` image on the fixed grid: ``T(p) - p`` in mm (x, y[, z]), affine included."""
+        return self._require("GetDisplacementField").displacement_field
+
+    def GetInverseDisplacementField(self) -> Any:
+        """``sitkVectorFloat64`` image: the deformable part's inverse displacement in mm."""
+        return self._require("GetInverseDisplacementField").inverse_displacement_field
+
+    def GetJacobianDeterminant(self) -> Any:
+        """det(I + Du) of the deformable part on the fixed grid (SimpleITK image)."""
+        return self._require("GetJacobianDeterminant").jacobian_determinant
+
+    def GetWarpedImage(self) -> Any:
+        """The moving image resampled onto the fixed grid by the engine (linear)."""
+        return self._require("GetWarpedImage").warped
+
+    def GetName(self) -> str:
+        """``"ODERegistrationMethod"`` (SimpleITK's ``GetName``)."""
+        return type(self).__name__
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(" + ", ".join(
+            f"{key}={self._params[key]!r}" for key in _PARAMETERS
+        ) + ")"
+
+    def __str__(self) -> str:
+        lines = [f"itk_odereg::{type(self).__name__}"]
+        lines += ["  " + line for line in self._settings_lines()]
+        lines.append(f"  Executed: {self._result is not None}")
+        return "\n".join(lines)

@@ -1,0 +1,303 @@
+"""``itk-odereg`` command line: in-process ``main([...])`` and once as ``python -m itk_odereg``.
+
+Outputs are checked with SimpleITK and antspyx reading the written files; bad
+inputs must give exit status 1 and one line ``itk-odereg: error: ...``.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from itk_odereg.cli import main, register_outputs
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FAST = ["--iterations", "10", "5", "--resolution", "0"]
+
+
+def _rot3(ax, ay, az):
+    cx, sx, cy, sy, cz, sz = np.cos(ax), np.sin(ax), np.cos(ay), np.sin(ay), np.cos(az), np.sin(az)
+    return (
+        np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+        @ np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+        @ np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    )
+
+
+def _image(size, spacing, direction, center, shift=(0.0, 0.0, 0.0)):
+    size, spacing = np.asarray(size), np.asarray(spacing, float)
+    origin = np.asarray(center) - direction @ (spacing * (size - 1) / 2)
+    index = np.stack(np.meshgrid(*[np.arange(s) for s in size[::-1]], indexing="ij")[::-1], -1)
+    p = (index * spacing) @ direction.T + origin - np.asarray(center) - np.asarray(shift)
+    p = p + 1.5 * np.sin(np.roll(p, -1, axis=-1) / 8.0)
+    values = np.exp(-np.sum((p / [14.0, 11.0, 9.0]) ** 2, -1))
+    values += 0.6 * np.exp(-np.sum(((p - [6.0, -5.0, 2.0]) / 5.0) ** 2, -1))
+    image = sitk.GetImageFromArray((100 * values).astype(np.float32))
+    image.SetSpacing(spacing.tolist())
+    image.SetOrigin(origin.tolist())
+    image.SetDirection(direction.ravel().tolist())
+    return image
+
+
+CENTER = np.array([10.0, -20.0, 30.0])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    fixed = _image((26, 22, 18), (1.6, 2.0, 2.6), _rot3(0.2, -0.15, 0.3), CENTER)
+    moving = _image((24, 26, 20), (2.2, 1.8, 2.0), _rot3(-0.1, 0.2, -0.25), CENTER + [1.0, 1.0, 0.0], shift=(2.5, -1.5, 1.0))
+    paths = {"dir": d, "fixed": str(d / "fixed.nii.gz"), "moving": str(d / "moving.nii.gz")}
+    sitk.WriteImage(fixed, paths["fixed"])
+    sitk.WriteImage(moving, paths["moving"])
+    return paths
+
+
+@pytest.fixture(scope="module")
+def registered(data):
+    """One in-process run with the default affine pre-alignment and --qc."""
+    prefix = str(data["dir"] / "out" / "sub01_")
+    os.makedirs(os.path.dirname(prefix))
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = main(["register", "-f", data["fixed"], "-m", data["moving"], "-o", prefix, "--qc", *FAST])
+    return {"code": code, "prefix": prefix, "stdout": out.getvalue(), "stderr": err.getvalue(),
+            "outputs": register_outputs(prefix, qc=True)}
+
+
+def _inner_mask(moving, fixed, transform, margin=1):
+    arr = np.zeros(sitk.GetArrayViewFromImage(moving).shape, np.uint8)
+    arr[(slice(margin, -margin),) * moving.GetDimension()] = 1
+    inner = sitk.GetImageFromArray(arr)
+    inner.CopyInformation(moving)
+    return sitk.GetArrayFromImage(sitk.Resample(inner, fixed, transform, sitk.sitkNearestNeighbor, 0)) > 0
+
+
+def _assert_close(actual, expected, mask, rel=1e-4):
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    tol = rel * float(np.abs(expected).max()) + 1e-5
+    diff = np.abs(actual - expected)
+    assert mask.mean() > 0.5
+    assert diff[mask].max() <= tol, f"max difference inside {diff[mask].max()} > {tol}"
+    assert (diff > tol).mean() < 0.01
+
+
+def _arr(path):
+    return sitk.GetArrayFromImage(sitk.ReadImage(path))
+
+
+# ---------------------------------------------------------------------------- register
+
+
+def test_register_writes_every_output(registered):
+    assert registered["code"] == 0, registered["stderr"]
+    for role, path in registered["outputs"].items():
+        assert os.path.isfile(path), role
+    names = sorted(os.listdir(os.path.dirname(registered["prefix"])))
+    assert names == sorted(os.path.basename(p) for p in registered["outputs"].values())  # no temporary files left
+    with open(registered["outputs"]["qc"], "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    warp = sitk.ReadImage(registered["outputs"]["warp"])
+    assert warp.GetNumberOfComponentsPerPixel() == 3
+
+
+def test_register_reports_progress_and_timings(registered):
+    assert "nodeo" in registered["stderr"] and "[" in registered["stderr"]  # the progress bar
+    out = registered["stdout"]
+    assert "stage timings (s):" in out and "affine" in out and "nodeo" in out and "write" in out
+    assert registered["outputs"]["warped"] in out
+
+
+def test_warped_is_reproduced_by_the_composite_file(data, registered):
+    fixed, moving = sitk.ReadImage(data["fixed"]), sitk.ReadImage(data["moving"])
+    composite = sitk.ReadTransform(registered["outputs"]["composite"])
+    expected = sitk.GetArrayFromImage(sitk.Resample(moving, fixed, composite, sitk.sitkLinear, 0.0, sitk.sitkFloat32))
+    _assert_close(_arr(registered["outputs"]["warped"]), expected, _inner_mask(moving, fixed, composite))
+
+
+def test_inverse_warped_is_reproduced_by_the_inverse_composite(data, registered):
+    fixed, moving = sitk.ReadImage(data["fixed"]), sitk.ReadImage(data["moving"])
+    inverse = sitk.ReadTransform(registered["outputs"]["inverse_composite"])
+    expected = sitk.GetArrayFromImage(sitk.Resample(fixed, moving, inverse, sitk.sitkLinear, 0.0, sitk.sitkFloat32))
+    _assert_close(_arr(registered["outputs"]["inverse_warped"]), expected, _inner_mask(fixed, moving, inverse))
+
+
+def test_apply_in_ants_order_matches_ants_and_warped(data, registered, tmp_path):
+    o = registered["outputs"]
+    out = str(tmp_path / "applied.nii.gz")
+    assert main(["apply", "-i", data["moving"], "-r", data["fixed"], "-t", o["warp"], o["affine"], "-o", out]) == 0
+    applied = _arr(out)
+    fixed, moving = sitk.ReadImage(data["fixed"]), sitk.ReadImage(data["moving"])
+    composite = sitk.ReadTransform(o["composite"])
+    _assert_close(_arr(o["warped"]), applied, _inner_mask(moving, fixed, composite))
+    ants = pytest.importorskip("ants")
+    expected = ants.apply_transforms(ants.image_read(data["fixed"]), ants.image_read(data["moving"]),
+                                     [o["warp"], o["affine"]])
+    np.testing.assert_allclose(applied, expected.numpy().T, atol=1e-3 * float(np.abs(applied).max()))
+
+
+def test_apply_inverse_with_invert_flags_and_ants_syntax(data, registered, tmp_path):
+    o = registered["outputs"]
+    out1, out2 = str(tmp_path / "inv1.nii.gz"), str(tmp_path / "inv2.nii.gz")
+    assert main(["apply", "-i", data["fixed"], "-r", data["moving"], "-t", o["affine"], o["inverse_warp"],
+                 "--invert", "1", "0", "-o", out1]) == 0
+    assert main(["apply", "-i", data["fixed"], "-r", data["moving"], "-t", f"[{o['affine']},1]",
+                 "-t", o["inverse_warp"], "-o", out2]) == 0
+    np.testing.assert_array_equal(_arr(out1), _arr(out2))
+    fixed, moving = sitk.ReadImage(data["fixed"]), sitk.ReadImage(data["moving"])
+    inverse = sitk.ReadTransform(o["inverse_composite"])
+    _assert_close(_arr(out1), _arr(o["inverse_warped"]), _inner_mask(fixed, moving, inverse))
+
+
+def test_apply_nearest_keeps_label_pixel_type(data, registered, tmp_path):
+    labels = sitk.Cast(sitk.ReadImage(data["moving"]) > 50, sitk.sitkUInt8)
+    labels_path, out = str(tmp_path / "labels.nii.gz"), str(tmp_path / "labels_warped.nii.gz")
+    sitk.WriteImage(labels, labels_path)
+    o = registered["outputs"]
+    assert main(["apply", "-i", labels_path, "-r", data["fixed"], "-t", o["composite"], "-o", out,
+                 "--interpolation", "nearest"]) == 0
+    result = sitk.ReadImage(out)
+    assert result.GetPixelID() == sitk.sitkUInt8
+    assert set(np.unique(sitk.GetArrayViewFromImage(result))) <= {0, 1}
+
+
+def test_register_as_a_subprocess(data, tmp_path):
+    prefix = str(tmp_path / "sub_")
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "itk_odereg", "register", "-f", data["fixed"], "-m", data["moving"], "-o", prefix,
+         "--affine", "none", "--iterations", "5", "--resolution", "0", "--quiet"],
+        capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "" and proc.stderr == ""  # --quiet
+    for path in register_outputs(prefix).values():
+        assert os.path.isfile(path)
+    affine = sitk.ReadTransform(prefix + "0GenericAffine.mat")
+    np.testing.assert_allclose(affine.GetParameters(), [1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0], atol=1e-12)
+
+
+# ---------------------------------------------------------------------------- help and usage
+
+
+def test_help_teaches_conventions(capsys):
+    assert main(["--help"]) == 0
+    text = capsys.readouterr().out
+    for word in ("LPS", "antsApplyTransforms", "examples:", "itk-odereg register -f", "0GenericAffine.mat"):
+        assert word in text
+    assert main(["register", "--help"]) == 0
+    text = capsys.readouterr().out
+    for word in ("Warped.nii.gz", "1InverseWarp.nii.gz", "Composite.h5", "--metric", "--resolution", "LPS"):
+        assert word in text
+    assert main(["apply", "--help"]) == 0
+    assert "--invert" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [[], ["register", "-m", "x.nii.gz", "-o", "p_"], ["register", "-f", "a", "-m", "b", "-o", "p", "--metric", "cc"],
+     ["apply", "-i", "a", "-r", "b", "-o", "c"], ["frobnicate"]],
+    ids=["no-command", "missing-fixed", "bad-metric", "missing-transform", "unknown-command"],
+)
+def test_usage_errors_exit_2(argv, capsys):
+    assert main(argv) == 2
+    assert "usage:" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- bad inputs
+
+
+def _error_line(capsys):
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("itk-odereg: error: ")
+    return lines[0]
+
+
+def test_missing_input_file(data, capsys, tmp_path):
+    code = main(["register", "-f", data["fixed"], "-m", str(tmp_path / "nope.nii.gz"), "-o", str(tmp_path / "x_")])
+    assert code == 1
+    assert "moving image (-m) file not found" in _error_line(capsys)
+
+
+def test_4d_image(data, capsys, tmp_path):
+    moving = sitk.ReadImage(data["moving"])
+    path = str(tmp_path / "series.nii.gz")
+    sitk.WriteImage(sitk.JoinSeries([moving, moving]), path)
+    assert main(["register", "-f", data["fixed"], "-m", path, "-o", str(tmp_path / "x_"), *FAST]) == 1
+    line = _error_line(capsys)
+    assert "moving image (-m) is a 4D image" in line
+
+
+def test_vector_image(data, capsys, tmp_path):
+    fixed = sitk.ReadImage(data["fixed"])
+    path = str(tmp_path / "rgb.nii.gz")
+    sitk.WriteImage(sitk.Compose(fixed, fixed, fixed), path)
+    assert main(["register", "-f", path, "-m", data["moving"], "-o", str(tmp_path / "x_"), *FAST]) == 1
+    assert "fixed image (-f) has 3 components per voxel" in _error_line(capsys)
+
+
+def test_output_prefix_that_would_overwrite_an_input(data, capsys, tmp_path):
+    prefix = str(tmp_path / "sub01_")
+    moving = prefix + "Warped.nii.gz"  # the input is named like one of the outputs
+    shutil.copy(data["moving"], moving)
+    before = open(moving, "rb").read()
+    assert main(["register", "-f", data["fixed"], "-m", moving, "-o", prefix, *FAST]) == 1
+    line = _error_line(capsys)
+    assert "refusing to overwrite input file" in line and moving in line
+    assert open(moving, "rb").read() == before
+    assert sorted(os.listdir(tmp_path)) == ["sub01_Warped.nii.gz"]
+
+
+def test_missing_output_directory(data, capsys, tmp_path):
+    assert main(["register", "-f", data["fixed"], "-m", data["moving"], "-o", str(tmp_path / "no" / "such" / "p_")]) == 1
+    assert "output directory does not exist" in _error_line(capsys)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda(data, capsys, tmp_path):
+    assert main(["register", "-f", data["fixed"], "-m", data["moving"], "-o", str(tmp_path / "x_"), "--device", "cuda"]) == 1
+    assert "cuda" in _error_line(capsys).lower()
+
+
+def test_apply_bad_transforms(data, registered, capsys, tmp_path):
+    o = registered["outputs"]
+    out = str(tmp_path / "o.nii.gz")
+    garbage = tmp_path / "garbage.mat"
+    garbage.write_text("not a transform\n")
+    assert main(["apply", "-i", data["moving"], "-r", data["fixed"], "-t", str(garbage), "-o", out]) == 1
+    assert "could not read transform" in _error_line(capsys)
+    assert main(["apply", "-i", data["moving"], "-r", data["fixed"], "-t", o["warp"], "--invert", "1", "-o", out]) == 1
+    assert "cannot invert the displacement field" in _error_line(capsys)
+    assert main(["apply", "-i", data["moving"], "-r", data["fixed"], "-t", o["warp"], o["affine"], "--invert", "1",
+                 "-o", out]) == 1
+    assert "--invert takes one 0/1 per transform" in _error_line(capsys)
+    assert main(["apply", "-i", data["moving"], "-r", data["fixed"], "-t", o["affine"], "-o", data["moving"]]) == 1
+    assert "refusing to overwrite input file" in _error_line(capsys)
+    assert not os.path.exists(out)
+
+
+def test_debug_shows_the_traceback(data, tmp_path):
+    with pytest.raises(Exception, match="file not found"):
+        main(["register", "-f", data["fixed"], "-m", str(tmp_path / "nope.nii.gz"), "-o", str(tmp_path / "x_"), "--debug"])
+    with pytest.raises(Exception, match="file not found"):
+        main(["--debug", "register", "-f", data["fixed"], "-m", str(tmp_path / "nope.nii.gz"), "-o", str(tmp_path / "x_")])
