@@ -144,19 +144,19 @@ def _box_running_(x: torch.Tensor, d: int, r: int) -> None:
     r = min(r, length - 1)
     if r == 0:
         return
-    acc = x.narrow(d, 0, r + 1).sum(d, keepdim=True)
+    sl = x.unbind(d)  # views of the slices
+    acc = x.narrow(d, 0, r + 1).sum(d)
     ring = [torch.empty_like(acc) for _ in range(r + 1)]
     for i in range(length):
         slot = ring[i % (r + 1)]
         if i > 0:
             if i + r < length:
-                acc.add_(x.narrow(d, i + r, 1))
+                acc.add_(sl[i + r])
             if i - r - 1 >= 0:
                 acc.sub_(slot)  # holds original slice i - r - 1
-        xi = x.narrow(d, i, 1)
         if i + r + 1 < length:
-            slot.copy_(xi)
-        xi.copy_(acc)
+            slot.copy_(sl[i])
+        sl[i].copy_(acc)
 
 
 def _box_sum_(x: torch.Tensor, radii: Sequence[int]) -> torch.Tensor:
