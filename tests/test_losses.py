@@ -283,7 +283,7 @@ def test_finite_on_constant_and_zero_regions(name, ndim, dtype):
 @pytest.mark.parametrize("shape", [(1, 1, 5, 6, 7), (2, 2, 7, 6)])
 @pytest.mark.parametrize("masked", [False, True])
 def test_gradcheck(name, shape, masked):
-    for seed in range(2):
+    for seed in range(1 if name in ("mi", "nmi") else 2):  # MI: one seed, its histogram loop is slower
         fixed, moving = _random_pair(shape, seed=seed)
         kw = {}
         if masked:
