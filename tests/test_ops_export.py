@@ -57,7 +57,9 @@ _SUBPROCESS = textwrap.dedent(
             "outputs": [t.detach() for t in (warped, dense, det, energy)],
             "grad_image": grad_image,
             "grad_control": grad_control,
-            "modules": sorted(m for m in sys.modules if "itk" in m),
+            # An editable install's import hook (``__editable___itk_odereg_*_finder``) is
+            # loaded by a .pth file at start-up; it is not the package.
+            "modules": sorted(m for m in sys.modules if "itk" in m and not m.startswith("__editable__")),
         },
         outputs_path,
     )

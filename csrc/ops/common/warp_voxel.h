@@ -9,6 +9,16 @@ namespace ops {
 
 // Corner c of the 2^NDIM interpolation cell: bit d of c selects the upper
 // corner along dim d. Returns false when the corner lies outside the image.
+// Advances a voxel position in C order (last dim fastest), like an odometer.
+template <int NDIM>
+ODEREG_HOST_DEVICE void next_index(const SpatialGeometry<NDIM>& g, int64_t index[NDIM]) {
+#pragma unroll
+  for (int d = NDIM - 1; d >= 0; --d) {
+    if (++index[d] < g.size[d]) return;
+    index[d] = 0;
+  }
+}
+
 template <int NDIM, typename scalar_t>
 ODEREG_HOST_DEVICE bool corner(const LinearAxis<scalar_t> axes[NDIM], const SpatialGeometry<NDIM>& g, int c,
                                int64_t& offset, scalar_t& weight) {
@@ -24,11 +34,11 @@ ODEREG_HOST_DEVICE bool corner(const LinearAxis<scalar_t> axes[NDIM], const Spat
   return true;
 }
 
+// `index` is the unravelled voxel position of linear offset p (callers that
+// walk voxels in order keep it incrementally, avoiding divisions).
 template <int NDIM, typename scalar_t>
 ODEREG_HOST_DEVICE void sample_axes(const scalar_t* disp_n, const SpatialGeometry<NDIM>& g, int64_t p,
-                                    Padding padding, LinearAxis<scalar_t> axes[NDIM]) {
-  int64_t index[NDIM];
-  g.unravel(p, index);
+                                    const int64_t index[NDIM], Padding padding, LinearAxis<scalar_t> axes[NDIM]) {
 #pragma unroll
   for (int d = 0; d < NDIM; ++d) {
     const scalar_t x = static_cast<scalar_t>(index[d]) + disp_n[d * g.numel + p];
@@ -37,19 +47,33 @@ ODEREG_HOST_DEVICE void sample_axes(const scalar_t* disp_n, const SpatialGeometr
 }
 
 // out[n, :, p] for one batch element: image_n and out_n point at channel 0.
+// Corner offsets and weights are computed once, then every channel
+// accumulates in a register (no aliasing stores to the output inside the loop).
 template <int NDIM, typename scalar_t>
-ODEREG_HOST_DEVICE void warp_forward_voxel(const scalar_t* image_n, const scalar_t* disp_n, scalar_t* out_n,
-                                           const SpatialGeometry<NDIM>& g, int64_t channels, int64_t p,
-                                           Padding padding) {
+ODEREG_HOST_DEVICE void warp_forward_voxel(const scalar_t* __restrict__ image_n, const scalar_t* disp_n,
+                                           scalar_t* __restrict__ out_n, const SpatialGeometry<NDIM>& g,
+                                           int64_t channels, int64_t p, const int64_t index[NDIM], Padding padding) {
   LinearAxis<scalar_t> axes[NDIM];
-  sample_axes<NDIM, scalar_t>(disp_n, g, p, padding, axes);
-  for (int64_t ch = 0; ch < channels; ++ch) out_n[ch * g.numel + p] = scalar_t(0);
+  sample_axes<NDIM, scalar_t>(disp_n, g, p, index, padding, axes);
+  constexpr int kCorners = 1 << NDIM;
+  int64_t offsets[kCorners];
+  scalar_t weights[kCorners];
+  int count = 0;
 #pragma unroll
-  for (int c = 0; c < (1 << NDIM); ++c) {
+  for (int c = 0; c < kCorners; ++c) {
     int64_t offset;
     scalar_t w;
-    if (!corner<NDIM, scalar_t>(axes, g, c, offset, w)) continue;
-    for (int64_t ch = 0; ch < channels; ++ch) out_n[ch * g.numel + p] += w * image_n[ch * g.numel + offset];
+    if (corner<NDIM, scalar_t>(axes, g, c, offset, w)) {
+      offsets[count] = offset;
+      weights[count] = w;
+      ++count;
+    }
+  }
+  for (int64_t ch = 0; ch < channels; ++ch) {
+    const scalar_t* image_c = image_n + ch * g.numel;
+    scalar_t acc = scalar_t(0);
+    for (int k = 0; k < count; ++k) acc += weights[k] * image_c[offsets[k]];
+    out_n[ch * g.numel + p] = acc;
   }
 }
 
@@ -61,10 +85,10 @@ template <int NDIM, typename scalar_t, typename Scatter>
 ODEREG_HOST_DEVICE void warp_backward_voxel(const scalar_t* grad_out_n, const scalar_t* image_n,
                                             const scalar_t* disp_n, scalar_t* grad_disp_n,
                                             const SpatialGeometry<NDIM>& g, int64_t channels, int64_t p,
-                                            Padding padding, bool need_image, bool need_disp,
-                                            const Scatter& scatter) {
+                                            const int64_t index[NDIM], Padding padding, bool need_image,
+                                            bool need_disp, const Scatter& scatter) {
   LinearAxis<scalar_t> axes[NDIM];
-  sample_axes<NDIM, scalar_t>(disp_n, g, p, padding, axes);
+  sample_axes<NDIM, scalar_t>(disp_n, g, p, index, padding, axes);
   scalar_t gdisp[NDIM];
 #pragma unroll
   for (int d = 0; d < NDIM; ++d) gdisp[d] = scalar_t(0);

@@ -30,10 +30,17 @@ at::Tensor warp_forward_impl(const at::Tensor& image_in, const at::Tensor& disp_
     const scalar_t* u = disp.data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
     at::parallel_for(0, batch * g.numel, kGrain, [&](int64_t begin, int64_t end) {
+      int64_t n = begin / g.numel, p = begin % g.numel;
+      int64_t index[NDIM];
+      g.unravel(p, index);
       for (int64_t t = begin; t < end; ++t) {
-        const int64_t n = t / g.numel, p = t % g.numel;
         warp_forward_voxel<NDIM, scalar_t>(img + n * channels * g.numel, u + n * NDIM * g.numel,
-                                           o + n * channels * g.numel, g, channels, p, padding);
+                                           o + n * channels * g.numel, g, channels, p, index, padding);
+        next_index<NDIM>(g, index);
+        if (++p == g.numel) {
+          p = 0;
+          ++n;
+        }
       }
     });
   });
@@ -77,15 +84,22 @@ std::tuple<at::Tensor, at::Tensor> warp_backward_impl(const at::Tensor& grad_in,
       const int64_t tid = threads > 1 ? at::get_thread_num() : 0;
       TORCH_INTERNAL_ASSERT(tid < threads, "itk_odereg::_warp_backward: unexpected thread id");
       scalar_t* target = tid == 0 ? gi : gp + (tid - 1) * image_numel;
+      int64_t n = begin / g.numel, p = begin % g.numel;
+      int64_t index[NDIM];
+      g.unravel(p, index);
       for (int64_t t = begin; t < end; ++t) {
-        const int64_t n = t / g.numel, p = t % g.numel;
         scalar_t* target_n = need_image ? target + n * channels * g.numel : nullptr;
         auto scatter = [&](int64_t offset, int64_t ch, scalar_t value) {
           target_n[ch * g.numel + offset] += value;
         };
         warp_backward_voxel<NDIM, scalar_t>(go + n * channels * g.numel, img + n * channels * g.numel,
                                             u + n * NDIM * g.numel, need_disp ? gu + n * NDIM * g.numel : nullptr,
-                                            g, channels, p, padding, need_image, need_disp, scatter);
+                                            g, channels, p, index, padding, need_image, need_disp, scatter);
+        next_index<NDIM>(g, index);
+        if (++p == g.numel) {
+          p = 0;
+          ++n;
+        }
       }
     };
     if (threads > 1) {

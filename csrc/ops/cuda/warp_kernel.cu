@@ -20,8 +20,10 @@ __global__ void warp_forward_kernel(const scalar_t* __restrict__ image, const sc
                                     int64_t channels, Padding padding) {
   ODEREG_CUDA_1D_KERNEL_LOOP(t, batch * g.numel) {
     const int64_t n = t / g.numel, p = t % g.numel;
+    int64_t index[NDIM];
+    g.unravel(p, index);
     warp_forward_voxel<NDIM, scalar_t>(image + n * channels * g.numel, disp + n * NDIM * g.numel,
-                                       out + n * channels * g.numel, g, channels, p, padding);
+                                       out + n * channels * g.numel, g, channels, p, index, padding);
   }
 }
 
@@ -42,9 +44,11 @@ __global__ void warp_backward_kernel(const scalar_t* __restrict__ grad_out, cons
   ODEREG_CUDA_1D_KERNEL_LOOP(t, batch * g.numel) {
     const int64_t n = t / g.numel, p = t % g.numel;
     AtomicScatter<scalar_t> scatter{need_image ? grad_image + n * channels * g.numel : nullptr, g.numel};
+    int64_t index[NDIM];
+    g.unravel(p, index);
     warp_backward_voxel<NDIM, scalar_t>(grad_out + n * channels * g.numel, image + n * channels * g.numel,
                                         disp + n * NDIM * g.numel, need_disp ? grad_disp + n * NDIM * g.numel : nullptr,
-                                        g, channels, p, padding, need_image, need_disp, scatter);
+                                        g, channels, p, index, padding, need_image, need_disp, scatter);
   }
 }
 
