@@ -3,9 +3,9 @@
 Run with:
 
     python benchmarks/ops.py                        # 160x192x160 volume, CPU, all threads
-    python benchmarks/ops.py --quick                # small volume, CI smoke test (< 30 s)
+    python benchmarks/ops.py --quick                # small volume, 1 thread: CI smoke test (~10 s)
     python benchmarks/ops.py --threads 1 --only warp bspline_to_dense
-    python benchmarks/ops.py --thp                  # huge-page backed CPU tensors (see below)
+    python benchmarks/ops.py --allocator system     # glibc's default malloc behaviour (see below)
     python benchmarks/ops.py --device cuda --json bench-cuda.json
 
 For every op and pass (forward, forward+backward) the table gives the median
@@ -27,12 +27,16 @@ Method:
   reported (from /proc/stat), and rows where it exceeds 0.1 cores are
   flagged: on a small machine a busy neighbour slows the multi-threaded ops
   (which wait for their slowest thread) more than single-threaded references.
-* Every call allocates its outputs afresh, as in training. Large CPU tensors
-  are mmap'ed by the C library, so each call also pays the page faults of
-  first touching them; in some VMs that costs more than the arithmetic (tens
-  of ms per 100 MB). ``--thp`` sets ``THP_MEM_ALLOC_ENABLE=1`` so torch asks
-  for transparent huge pages, which removes most of that cost for both
-  paths; the header shows the setting.
+* CPU allocator: every call allocates its outputs afresh, as in training.
+  By default glibc serves a request it cannot fit in free heap memory with
+  fresh mmap'ed pages when it is over 32 MiB, so whether a call pays the
+  page faults of first touching its outputs depends on sizes and on what
+  ran before (the order of the paths); in some VMs those faults cost more
+  than the arithmetic (~25 ms for a 59 MiB field here). ``--allocator warm``
+  (default) makes glibc keep and reuse freed memory (``mallopt``: no mmap,
+  no automatic trim), the steady state of a training loop and the analogue
+  of the CUDA caching allocator, so both paths are timed without page
+  faults. ``--allocator system`` keeps glibc's defaults.
 * Memory (CPU): the growth of the resident set during one call above the
   resident set just before it. Before the call, freed heap memory is handed
   back to the system (``malloc_trim``) and the peak is reset by writing 5 to
@@ -69,10 +73,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
-if __name__ == "__main__" and "--thp" in sys.argv[1:]:
-    # Read once, at torch's first CPU allocation: must be set before torch allocates anything.
-    os.environ["THP_MEM_ALLOC_ENABLE"] = "1"
-
 # torch first: it loads libc10 & co. that the op library links against.
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -89,6 +89,7 @@ CONTROL_SPACING = 5
 QUICK_SIZE = (40, 48, 40)
 # Peak memory bandwidth in GB/s by (lower-case) substring of the CUDA device name.
 BANDWIDTH_GBS = {"h200": 4800.0, "h100": 3350.0, "a100": 2039.0, "l40s": 864.0, "a10": 600.0, "t4": 320.0}
+OPS = ["warp", "bspline_to_dense", "diffusion_energy", "bending_energy", "jacobian_determinant", "jacobian_penalty"]
 TARGET_WARP_SPEEDUP = 2.0
 TARGET_WARP_MEMORY = 2.0  # reference extra memory / ours
 TARGET_BSPLINE_SPEEDUP = 3.0
@@ -349,10 +350,16 @@ def _timed(run, meter, reset) -> float:
 
 
 def measure_case(runs: list, meter, repeats: int, reset: Callable[[], None]) -> list:
-    """For each path: a warm-up call, one memory-measured call (its result is kept for the comparison),
-    then timed calls. Timed calls of the paths are interleaved, so that a burst of load from other
+    """For each path: a warm-up call, timed calls, then one memory-measured call whose result is kept
+    for the comparison. Timed calls of the paths are interleaved, so that a burst of load from other
     processes hits ours and the references alike. Returns [(result, extra MiB, [seconds])]."""
     warm = [_timed(run, meter, reset) for run in runs]
+    counts = [repeats if w < 1.0 else min(repeats, 3) for w in warm]
+    times = [[] for _ in runs]
+    for i in range(max(counts)):
+        for k, run in enumerate(runs):
+            if i < counts[k]:
+                times[k].append(_timed(run, meter, reset))
     measured = []
     for run in runs:
         reset()
@@ -360,12 +367,6 @@ def measure_case(runs: list, meter, repeats: int, reset: Callable[[], None]) -> 
         measured.append((tuple(t.detach() for t in result), extra_mib))
         del result
         reset()
-    counts = [repeats if w < 1.0 else min(repeats, 3) for w in warm]
-    times = [[] for _ in runs]
-    for i in range(max(counts)):
-        for k, run in enumerate(runs):
-            if i < counts[k]:
-                times[k].append(_timed(run, meter, reset))
     return [(result, mib, t) for (result, mib), t in zip(measured, times)]
 
 
@@ -451,23 +452,27 @@ def main(argv=None):
                         help="volume size, tensor order (default 160 192 160; --quick: %d %d %d)" % QUICK_SIZE)
     parser.add_argument("--repeats", type=int, default=None,
                         help="timed calls per path (default 7, --quick 3; at most 3 for paths slower than 1 s)")
-    parser.add_argument("--quick", action="store_true", help="small volume and few repeats (CI smoke test)")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--quick", action="store_true",
+                        help="small volume, few repeats, 1 thread unless --threads (CI smoke test, a few seconds)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads (default: torch's; --quick: 1, since on a busy machine "
+                             "OpenMP regions that wait for a descheduled thread can take 100x longer)")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    parser.add_argument("--only", nargs="+", metavar="OP", default=None,
-                        help="benchmark only these ops (warp bspline_to_dense diffusion_energy ...)")
+    parser.add_argument("--only", nargs="+", metavar="OP", default=None, choices=OPS,
+                        help="benchmark only these ops (%s)" % " ".join(OPS))
     parser.add_argument("--bandwidth-gbs", type=float, default=None,
                         help="peak memory bandwidth for the warp throughput fraction (default: by CUDA device name)")
-    parser.add_argument("--thp", action="store_true",
-                        help="back large CPU tensors with transparent huge pages (sets THP_MEM_ALLOC_ENABLE=1 "
-                             "before torch allocates): far fewer page faults on fresh outputs")
+    parser.add_argument("--allocator", choices=["warm", "system"], default="warm",
+                        help="CPU: 'warm' (default) reuses freed memory; 'system' keeps glibc's defaults, where "
+                             "large outputs may land on fresh pages, and calls pay their page faults")
     parser.add_argument("--json", metavar="PATH", default=None, help="write all numbers to this JSON file")
     args = parser.parse_args(argv)
 
     size = tuple(args.size) if args.size else (QUICK_SIZE if args.quick else (160, 192, 160))
     repeats = args.repeats if args.repeats else (3 if args.quick else 7)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = args.threads if args.threads else (1 if args.quick else None)
+    if threads:
+        torch.set_num_threads(threads)
     dtype = getattr(torch, args.dtype)
     if args.device == "cuda":
         if not torch.cuda.is_available():
@@ -479,6 +484,7 @@ def main(argv=None):
         device = torch.device("cpu")
         device_name = _cpu_name()
         meter = CpuMeter()
+    allocator_note = configure_cpu_allocator(args.allocator) if args.device == "cpu" else "CUDA caching allocator"
     has_cuda_kernels = torch._C._dispatch_has_kernel_for_dispatch_key("itk_odereg::warp", "CUDA") if ops.has_ops() else False
     bandwidth = args.bandwidth_gbs
     if bandwidth is None and args.device == "cuda":
@@ -496,7 +502,7 @@ def main(argv=None):
         "repeats": repeats,
         "control_spacing": CONTROL_SPACING,
         "memory": meter.note,
-        "cpu_allocator": _cpu_allocator_note() if args.device == "cpu" else None,
+        "cpu_allocator": allocator_note,
         "bandwidth_gbs": bandwidth,
     }
     print("itk_odereg ops benchmark")
@@ -592,14 +598,21 @@ def main(argv=None):
         print(f"wrote {args.json}")
 
 
-def _cpu_allocator_note() -> str:
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # mallopt parameters (glibc malloc.h)
+
+
+def configure_cpu_allocator(mode: str) -> str:
+    """'warm': glibc keeps freed memory for reuse (no mmap'ed chunks, no automatic trim)."""
+    if mode == "system":
+        return "system: glibc defaults (requests over 32 MiB that miss the heap get fresh mmap'ed pages)"
     try:
-        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
-            kernel = f.read().strip()
-    except OSError:
-        kernel = "n/a"
-    env = os.environ.get("THP_MEM_ALLOC_ENABLE")
-    return f"THP_MEM_ALLOC_ENABLE={env if env is not None else '(unset)'}, kernel THP: {kernel}"
+        libc = ctypes.CDLL("libc.so.6")
+        ok = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
+    except (OSError, AttributeError):
+        ok = False
+    if not ok:
+        return "allocator defaults (mallopt unavailable: not glibc)"
+    return "warm: freed memory kept and reused (mallopt M_MMAP_MAX=0, M_TRIM_THRESHOLD=2^31-1)"
 
 
 def _cpu_name() -> str:

@@ -12,6 +12,12 @@ import os
 
 __all__ = ["library_path", "has_ops"]
 
+import warnings
+
+# torch must be loaded first: _C links against libc10/libtorch, which the
+# dynamic loader only finds once torch has loaded them into the process.
+import torch  # noqa: F401
+
 _LOAD_ERROR: Exception | None = None
 try:
     from itk_odereg import _C  # noqa: F401  (runs the TORCH_LIBRARY registrars)
@@ -20,6 +26,12 @@ try:
 except (ImportError, OSError) as error:  # not built, or built against another torch
     _HAS_OPS = False
     _LOAD_ERROR = error
+    warnings.warn(
+        f"itk_odereg: the compiled ops could not be loaded ({error}); falling back to the slower "
+        "pure-PyTorch references. Rebuild with `pip install --no-build-isolation -e .`.",
+        RuntimeWarning,
+        stacklevel=2,
+    )
 
 
 def has_ops() -> bool:
