@@ -25,28 +25,7 @@ CHEAP_AFFINE = AffineSettings(level_spacings_mm=(8.0,), rigid_iterations=(10,), 
 CHEAP = dict(iterations=(10, 5), resolution_mm=None, affine_settings=CHEAP_AFFINE)
 
 
-def _rot3(ax, ay, az):
-    cx, sx, cy, sy, cz, sz = np.cos(ax), np.sin(ax), np.cos(ay), np.sin(ay), np.cos(az), np.sin(az)
-    return (
-        np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
-        @ np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
-        @ np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
-    )
-
-
-def _image(size, spacing, direction, center, shift=(0.0, 0.0, 0.0)):
-    size, spacing = np.asarray(size), np.asarray(spacing, float)
-    origin = np.asarray(center) - direction @ (spacing * (size - 1) / 2)
-    index = np.stack(np.meshgrid(*[np.arange(s) for s in size[::-1]], indexing="ij")[::-1], -1)
-    p = (index * spacing) @ direction.T + origin - np.asarray(center) - np.asarray(shift)
-    p = p + 1.5 * np.sin(np.roll(p, -1, axis=-1) / 8.0)
-    values = np.exp(-np.sum((p / [14.0, 11.0, 9.0]) ** 2, -1))
-    values += 0.6 * np.exp(-np.sum(((p - [6.0, -5.0, 2.0]) / 5.0) ** 2, -1))
-    image = sitk.GetImageFromArray((100 * values).astype(np.float32))
-    image.SetSpacing(spacing.tolist())
-    image.SetOrigin(origin.tolist())
-    image.SetDirection(direction.ravel().tolist())
-    return image
+from synthetic_images import rot3 as _rot3, synthetic_image as _image  # noqa: E402
 
 
 CENTER = np.array([10.0, -20.0, 30.0])
