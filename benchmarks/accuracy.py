@@ -336,13 +336,15 @@ def worker_elastix(pair: Path, out: Path, task: str, threads: int, variant: dict
     for k, v in variant.items():
         pmap[k] = [str(x) for x in (v if isinstance(v, (list, tuple)) else [v])]
     params.AddParameterMap(pmap)
-    rss0 = _rss_mib()
-    t0 = time.perf_counter()
     # Threads through ITK's global default (also set in the environment): the number_of_threads
     # keyword of itk.elastix_registration_method crashes itk-elastix 0.25.4 (segmentation fault).
     itk.MultiThreaderBase.SetGlobalDefaultNumberOfThreads(threads)
+    rss0 = _rss_mib()
+    c0 = _cpu_seconds()
+    t0 = time.perf_counter()
     _, result_params = itk.elastix_registration_method(fixed, moving, parameter_object=params,
                                                        log_to_console=False)
+    cpu = _cpu_seconds() - c0
     seconds = time.perf_counter() - t0
     peak = _peak_mib()
     n = result_params.GetNumberOfParameterMaps()
