@@ -394,7 +394,8 @@ def launch(method: str, variant: dict, pair_dir: Path, task: str, threads: int, 
     t0 = time.perf_counter()
     with open(out / "worker.log", "w") as log:
         try:
-            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=thread_env(threads), timeout=timeout)
+            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=thread_env(threads), timeout=timeout,
+                                  cwd=out)   # transformix writes deformationField.nii into the working folder
             rc = proc.returncode
         except subprocess.TimeoutExpired:
             rc = "timeout"
