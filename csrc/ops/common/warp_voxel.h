@@ -1,14 +1,14 @@
-// Per-voxel bodies of the warp op, shared by the CPU and CUDA kernels.
+// Per-voxel bodies of the warp op, shared by the CPU and CUDA kernels. The
+// kernels call warp_forward_point / warp_backward_point (bottom of the file).
 #pragma once
 
 #include "geometry.h"
 #include "interp_weights.h"
+#include "warp_cell.h"
 
 namespace itk_odereg {
 namespace ops {
 
-// Corner c of the 2^NDIM interpolation cell: bit d of c selects the upper
-// corner along dim d. Returns false when the corner lies outside the image.
 // Advances a voxel position in C order (last dim fastest), like an odometer.
 template <int NDIM>
 ODEREG_HOST_DEVICE void next_index(const SpatialGeometry<NDIM>& g, int64_t index[NDIM]) {
@@ -19,6 +19,8 @@ ODEREG_HOST_DEVICE void next_index(const SpatialGeometry<NDIM>& g, int64_t index
   }
 }
 
+// Corner c of the 2^NDIM interpolation cell: bit d of c selects the upper
+// corner along dim d. Returns false when the corner lies outside the image.
 template <int NDIM, typename scalar_t>
 ODEREG_HOST_DEVICE bool corner(const LinearAxis<scalar_t> axes[NDIM], const SpatialGeometry<NDIM>& g, int c,
                                int64_t& offset, scalar_t& weight) {
@@ -120,6 +122,45 @@ ODEREG_HOST_DEVICE void warp_backward_voxel(const scalar_t* grad_out_n, const sc
 #pragma unroll
     for (int d = 0; d < NDIM; ++d) grad_disp_n[d * g.numel + p] = gdisp[d] * axes[d].dcoord;
   }
+}
+
+// The kernels' entry points: the interior fast path where the whole cell is
+// inside the image, the general per-corner path elsewhere.
+template <int NDIM, typename scalar_t>
+ODEREG_HOST_DEVICE void warp_forward_point(const scalar_t* __restrict__ image_n, const scalar_t* disp_n,
+                                           scalar_t* __restrict__ out_n, const SpatialGeometry<NDIM>& g,
+                                           int64_t channels, int64_t p, const int64_t index[NDIM], Padding padding) {
+  InteriorCell<NDIM, scalar_t> cell;
+  if (locate_interior_cell<NDIM, scalar_t>(disp_n, g, p, index, padding, cell)) {
+    for (int64_t ch = 0; ch < channels; ++ch) out_n[ch * g.numel + p] = interior_sample(image_n + ch * g.numel, cell, g);
+    return;
+  }
+  warp_forward_voxel<NDIM, scalar_t>(image_n, disp_n, out_n, g, channels, p, index, padding);
+}
+
+template <int NDIM, typename scalar_t, typename Scatter>
+ODEREG_HOST_DEVICE void warp_backward_point(const scalar_t* grad_out_n, const scalar_t* image_n,
+                                            const scalar_t* disp_n, scalar_t* grad_disp_n,
+                                            const SpatialGeometry<NDIM>& g, int64_t channels, int64_t p,
+                                            const int64_t index[NDIM], Padding padding, bool need_image,
+                                            bool need_disp, const Scatter& scatter) {
+  InteriorCell<NDIM, scalar_t> cell;
+  if (locate_interior_cell<NDIM, scalar_t>(disp_n, g, p, index, padding, cell)) {
+    scalar_t gdisp[NDIM];
+#pragma unroll
+    for (int d = 0; d < NDIM; ++d) gdisp[d] = scalar_t(0);
+    for (int64_t ch = 0; ch < channels; ++ch) {
+      interior_backward(image_n + ch * g.numel, cell, g, ch, grad_out_n[ch * g.numel + p], need_image, need_disp,
+                        scatter, gdisp);
+    }
+    if (need_disp) {
+#pragma unroll
+      for (int d = 0; d < NDIM; ++d) grad_disp_n[d * g.numel + p] = gdisp[d];
+    }
+    return;
+  }
+  warp_backward_voxel<NDIM, scalar_t>(grad_out_n, image_n, disp_n, grad_disp_n, g, channels, p, index, padding,
+                                      need_image, need_disp, scatter);
 }
 
 }  // namespace ops

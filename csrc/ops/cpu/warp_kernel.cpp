@@ -34,7 +34,7 @@ at::Tensor warp_forward_impl(const at::Tensor& image_in, const at::Tensor& disp_
       int64_t index[NDIM];
       g.unravel(p, index);
       for (int64_t t = begin; t < end; ++t) {
-        warp_forward_voxel<NDIM, scalar_t>(img + n * channels * g.numel, u + n * NDIM * g.numel,
+        warp_forward_point<NDIM, scalar_t>(img + n * channels * g.numel, u + n * NDIM * g.numel,
                                            o + n * channels * g.numel, g, channels, p, index, padding);
         next_index<NDIM>(g, index);
         if (++p == g.numel) {
@@ -92,7 +92,7 @@ std::tuple<at::Tensor, at::Tensor> warp_backward_impl(const at::Tensor& grad_in,
         auto scatter = [&](int64_t offset, int64_t ch, scalar_t value) {
           target_n[ch * g.numel + offset] += value;
         };
-        warp_backward_voxel<NDIM, scalar_t>(go + n * channels * g.numel, img + n * channels * g.numel,
+        warp_backward_point<NDIM, scalar_t>(go + n * channels * g.numel, img + n * channels * g.numel,
                                             u + n * NDIM * g.numel, need_disp ? gu + n * NDIM * g.numel : nullptr,
                                             g, channels, p, index, padding, need_image, need_disp, scatter);
         next_index<NDIM>(g, index);

@@ -22,7 +22,7 @@ __global__ void warp_forward_kernel(const scalar_t* __restrict__ image, const sc
     const int64_t n = t / g.numel, p = t % g.numel;
     int64_t index[NDIM];
     g.unravel(p, index);
-    warp_forward_voxel<NDIM, scalar_t>(image + n * channels * g.numel, disp + n * NDIM * g.numel,
+    warp_forward_point<NDIM, scalar_t>(image + n * channels * g.numel, disp + n * NDIM * g.numel,
                                        out + n * channels * g.numel, g, channels, p, index, padding);
   }
 }
@@ -46,7 +46,7 @@ __global__ void warp_backward_kernel(const scalar_t* __restrict__ grad_out, cons
     AtomicScatter<scalar_t> scatter{need_image ? grad_image + n * channels * g.numel : nullptr, g.numel};
     int64_t index[NDIM];
     g.unravel(p, index);
-    warp_backward_voxel<NDIM, scalar_t>(grad_out + n * channels * g.numel, image + n * channels * g.numel,
+    warp_backward_point<NDIM, scalar_t>(grad_out + n * channels * g.numel, image + n * channels * g.numel,
                                         disp + n * NDIM * g.numel, need_disp ? grad_disp + n * NDIM * g.numel : nullptr,
                                         g, channels, p, index, padding, need_image, need_disp, scatter);
   }
