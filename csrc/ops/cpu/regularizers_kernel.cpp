@@ -3,10 +3,13 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+
+#include <vector>
 #include <torch/library.h>
 
 #include "../common/fd_stencils.h"
 #include "../common/regularizer_args.h"
+#include "fd_passes.h"
 
 namespace itk_odereg {
 namespace ops {
@@ -15,7 +18,8 @@ namespace {
 
 constexpr int64_t kGrain = 2048;
 
-enum class Energy { Diffusion, Bending, JacobianPenalty };
+// Energies computed per voxel from common/fd_stencils.h (bending uses passes, below).
+enum class Energy { Diffusion, JacobianPenalty };
 
 // Calls f.template operator()<NDIM>() with NDIM = 2 or 3 from a runtime value.
 template <typename F>
@@ -27,7 +31,7 @@ auto dispatch_ndim(int64_t ndim, const F& f) {
 // double per task and combined in task order, so results are reproducible.
 template <Energy E>
 at::Tensor energy_cpu(const at::Tensor& u_in, const OptionalSpacing& spacing, double threshold, const char* op) {
-  const int64_t ndim = check_regularizer_input(u_in, op, E == Energy::Bending ? 3 : 2);
+  const int64_t ndim = check_regularizer_input(u_in, op, 2);
   const at::Tensor u = u_in.contiguous();
   return dispatch_ndim(ndim, [&](auto nd) {
     constexpr int NDIM = decltype(nd)::value;
@@ -48,8 +52,6 @@ at::Tensor energy_cpu(const at::Tensor& u_in, const OptionalSpacing& spacing, do
               const scalar_t* un = up + n * NDIM * g.numel;
               if constexpr (E == Energy::Diffusion) {
                 acc += diffusion_density<NDIM, scalar_t>(un, g, q, sc.first);
-              } else if constexpr (E == Energy::Bending) {
-                acc += bending_density<NDIM, scalar_t>(un, g, q, sc.second);
               } else {
                 scalar_t J[NDIM][NDIM];
                 jacobian_at<NDIM, scalar_t>(un, g, q, J);
@@ -66,10 +68,10 @@ at::Tensor energy_cpu(const at::Tensor& u_in, const OptionalSpacing& spacing, do
   });
 }
 
-template <Energy E>
-at::Tensor energy_backward_cpu(const at::Tensor& grad_output, const at::Tensor& u_in, const OptionalSpacing& spacing,
-                               double threshold, const char* op) {
-  const int64_t ndim = check_regularizer_input(u_in, op, E == Energy::Bending ? 3 : 2);
+// Per voxel: -2 relu(tau - det J(q)) weights the cofactor stencil (determinant_grad_at).
+at::Tensor jacobian_penalty_backward_impl(const at::Tensor& grad_output, const at::Tensor& u_in, double threshold) {
+  const char* op = "_jacobian_penalty_backward";
+  const int64_t ndim = check_regularizer_input(u_in, op, 2);
   check_scalar_grad(grad_output, u_in, op);
   const at::Tensor u = u_in.contiguous();
   at::Tensor grad = at::empty(u.sizes(), u.options());
@@ -77,34 +79,153 @@ at::Tensor energy_backward_cpu(const at::Tensor& grad_output, const at::Tensor& 
     constexpr int NDIM = decltype(nd)::value;
     const auto g = make_geometry<NDIM>(u.sizes().slice(2));
     const int64_t batch = u.size(0);
-    AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "itk_odereg::regularizer", [&] {
-      const auto sc = make_spacing_scales<NDIM, scalar_t>(spacing, op);
+    AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "itk_odereg::_jacobian_penalty_backward", [&] {
       const scalar_t scale = grad_output.item<scalar_t>() / static_cast<scalar_t>(batch * g.numel);
       const scalar_t tau = static_cast<scalar_t>(threshold);
       const scalar_t* up = u.data_ptr<scalar_t>();
       scalar_t* gp = grad.data_ptr<scalar_t>();
+      auto weight = [tau](int64_t, scalar_t det) {
+        const scalar_t r = tau - det;
+        return r > 0 ? scalar_t(-2) * r : scalar_t(0);
+      };
       at::parallel_for(0, batch * g.numel, kGrain, [&](int64_t begin, int64_t end) {
         int64_t m[NDIM];
         scalar_t gr[NDIM];
         for (int64_t t = begin; t < end; ++t) {
           const int64_t n = t / g.numel, p = t % g.numel;
           g.unravel(p, m);
-          const scalar_t* un = up + n * NDIM * g.numel;
-          if constexpr (E == Energy::Diffusion) {
-            diffusion_grad_at<NDIM, scalar_t>(un, g, m, sc.first, gr);
-          } else if constexpr (E == Energy::Bending) {
-            bending_grad_at<NDIM, scalar_t>(un, g, m, sc.second, gr);
-          } else {
-            auto weight = [&](int64_t, scalar_t det) {
-              const scalar_t r = tau - det;
-              return r > 0 ? scalar_t(-2) * r : scalar_t(0);
-            };
-            determinant_grad_at<NDIM, scalar_t>(un, g, m, weight, gr);
-          }
+          determinant_grad_at<NDIM, scalar_t>(up + n * NDIM * g.numel, g, m, weight, gr);
           for (int i = 0; i < NDIM; ++i) gp[(n * NDIM + i) * g.numel + p] = scale * gr[i];
         }
       });
     });
+  });
+  return grad;
+}
+
+// The bending energy by whole-field passes (see fd_passes.h):
+//   E = mean over batch and voxels of sum_i [ sum_a s_iaa (D2_a u_i)^2 + 2 sum_{a<b} s_iab (D_a D_b u_i)^2 ],
+// with s = scale2 (spacing factors). Each channel is one contiguous field.
+template <int NDIM, typename scalar_t>
+double bending_sum_by_passes(const scalar_t* u, int64_t fields, const SpatialGeometry<NDIM>& g,
+                             const scalar_t scale2[NDIM][NDIM][NDIM]) {
+  std::vector<scalar_t> tmp(g.numel), db(g.numel);
+  double total = 0.0;
+  for (int64_t f = 0; f < fields; ++f) {
+    const int i = static_cast<int>(f % NDIM);
+    const scalar_t* ui = u + f * g.numel;
+    for (int a = 0; a < NDIM; ++a) {
+      apply_stencil_pass<NDIM, scalar_t>(ui, tmp.data(), g, a, Stencil::SecondDerivative, false, 1, false);
+      total += static_cast<double>(scale2[i][a][a]) * sum_of_squares(tmp.data(), g.numel);
+    }
+    for (int b = 1; b < NDIM; ++b) {
+      apply_stencil_pass<NDIM, scalar_t>(ui, db.data(), g, b, Stencil::FirstDerivative, false, 1, false);
+      for (int a = 0; a < b; ++a) {
+        apply_stencil_pass<NDIM, scalar_t>(db.data(), tmp.data(), g, a, Stencil::FirstDerivative, false, 1, false);
+        total += 2.0 * static_cast<double>(scale2[i][a][b]) * sum_of_squares(tmp.data(), g.numel);
+      }
+    }
+  }
+  return total;
+}
+
+// grad_i = scale * [ sum_a D2_a^T (2 s_iaa D2_a u_i) + sum_b D_b^T sum_{a<b} D_a^T (4 s_iab D_a D_b u_i) ].
+template <int NDIM, typename scalar_t>
+void bending_grad_by_passes(const scalar_t* u, scalar_t* grad, int64_t fields, const SpatialGeometry<NDIM>& g,
+                            const scalar_t scale2[NDIM][NDIM][NDIM], scalar_t scale) {
+  std::vector<scalar_t> tmp(g.numel), db(g.numel), adj(g.numel);
+  for (int64_t f = 0; f < fields; ++f) {
+    const int i = static_cast<int>(f % NDIM);
+    const scalar_t* ui = u + f * g.numel;
+    scalar_t* gi = grad + f * g.numel;
+    for (int a = 0; a < NDIM; ++a) {
+      apply_stencil_pass<NDIM, scalar_t>(ui, tmp.data(), g, a, Stencil::SecondDerivative, false, 1, false);
+      apply_stencil_pass<NDIM, scalar_t>(tmp.data(), gi, g, a, Stencil::SecondDerivative, true,
+                                         scale * scalar_t(2) * scale2[i][a][a], a > 0);
+    }
+    for (int b = 1; b < NDIM; ++b) {
+      apply_stencil_pass<NDIM, scalar_t>(ui, db.data(), g, b, Stencil::FirstDerivative, false, 1, false);
+      for (int a = 0; a < b; ++a) {
+        apply_stencil_pass<NDIM, scalar_t>(db.data(), tmp.data(), g, a, Stencil::FirstDerivative, false, 1, false);
+        apply_stencil_pass<NDIM, scalar_t>(tmp.data(), adj.data(), g, a, Stencil::FirstDerivative, true,
+                                           scalar_t(4) * scale2[i][a][b], a > 0);
+      }
+      apply_stencil_pass<NDIM, scalar_t>(adj.data(), gi, g, b, Stencil::FirstDerivative, true, scale, true);
+    }
+  }
+}
+
+// grad_i = scale * sum_a D_a^T (2 s_ia D_a u_i), with s = scale (first-derivative spacing factors).
+template <int NDIM, typename scalar_t>
+void diffusion_grad_by_passes(const scalar_t* u, scalar_t* grad, int64_t fields, const SpatialGeometry<NDIM>& g,
+                              const scalar_t scale1[NDIM][NDIM], scalar_t scale) {
+  std::vector<scalar_t> tmp(g.numel);
+  for (int64_t f = 0; f < fields; ++f) {
+    const int i = static_cast<int>(f % NDIM);
+    for (int a = 0; a < NDIM; ++a) {
+      apply_stencil_pass<NDIM, scalar_t>(u + f * g.numel, tmp.data(), g, a, Stencil::FirstDerivative, false, 1, false);
+      apply_stencil_pass<NDIM, scalar_t>(tmp.data(), grad + f * g.numel, g, a, Stencil::FirstDerivative, true,
+                                         scale * scalar_t(2) * scale1[i][a], a > 0);
+    }
+  }
+}
+
+at::Tensor diffusion_energy_backward_by_passes(const at::Tensor& grad_output, const at::Tensor& u_in,
+                                               const OptionalSpacing& spacing) {
+  const char* op = "_diffusion_energy_backward";
+  const int64_t ndim = check_regularizer_input(u_in, op, 2);
+  check_scalar_grad(grad_output, u_in, op);
+  const at::Tensor u = u_in.contiguous();
+  at::Tensor grad = at::empty(u.sizes(), u.options());
+  dispatch_ndim(ndim, [&](auto nd) {
+    constexpr int NDIM = decltype(nd)::value;
+    const auto g = make_geometry<NDIM>(u.sizes().slice(2));
+    AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "itk_odereg::_diffusion_energy_backward", [&] {
+      const auto sc = make_spacing_scales<NDIM, scalar_t>(spacing, op);
+      const scalar_t scale = grad_output.item<scalar_t>() / static_cast<scalar_t>(u.size(0) * g.numel);
+      diffusion_grad_by_passes<NDIM, scalar_t>(u.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(), u.size(0) * NDIM, g,
+                                               sc.first, scale);
+    });
+    return 0;
+  });
+  return grad;
+}
+
+at::Tensor bending_energy_by_passes(const at::Tensor& u_in, const OptionalSpacing& spacing) {
+  const char* op = "bending_energy";
+  const int64_t ndim = check_regularizer_input(u_in, op, 3);
+  const at::Tensor u = u_in.contiguous();
+  at::Tensor result = at::empty({}, u.options());
+  dispatch_ndim(ndim, [&](auto nd) {
+    constexpr int NDIM = decltype(nd)::value;
+    const auto g = make_geometry<NDIM>(u.sizes().slice(2));
+    AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "itk_odereg::bending_energy", [&] {
+      const auto sc = make_spacing_scales<NDIM, scalar_t>(spacing, op);
+      const double total = bending_sum_by_passes<NDIM, scalar_t>(u.data_ptr<scalar_t>(), u.size(0) * NDIM, g, sc.second);
+      result.fill_(total / static_cast<double>(u.size(0) * g.numel));
+    });
+    return 0;
+  });
+  return result;
+}
+
+at::Tensor bending_energy_backward_by_passes(const at::Tensor& grad_output, const at::Tensor& u_in,
+                                             const OptionalSpacing& spacing) {
+  const char* op = "_bending_energy_backward";
+  const int64_t ndim = check_regularizer_input(u_in, op, 3);
+  check_scalar_grad(grad_output, u_in, op);
+  const at::Tensor u = u_in.contiguous();
+  at::Tensor grad = at::empty(u.sizes(), u.options());
+  dispatch_ndim(ndim, [&](auto nd) {
+    constexpr int NDIM = decltype(nd)::value;
+    const auto g = make_geometry<NDIM>(u.sizes().slice(2));
+    AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "itk_odereg::_bending_energy_backward", [&] {
+      const auto sc = make_spacing_scales<NDIM, scalar_t>(spacing, op);
+      const scalar_t scale = grad_output.item<scalar_t>() / static_cast<scalar_t>(u.size(0) * g.numel);
+      bending_grad_by_passes<NDIM, scalar_t>(u.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(), u.size(0) * NDIM, g,
+                                             sc.second, scale);
+    });
+    return 0;
   });
   return grad;
 }
@@ -170,19 +291,19 @@ at::Tensor diffusion_energy_cpu(const at::Tensor& u, OptionalSpacing spacing) {
   return energy_cpu<Energy::Diffusion>(u, spacing, 0.0, "diffusion_energy");
 }
 at::Tensor diffusion_energy_backward_cpu(const at::Tensor& go, const at::Tensor& u, OptionalSpacing spacing) {
-  return energy_backward_cpu<Energy::Diffusion>(go, u, spacing, 0.0, "_diffusion_energy_backward");
+  return diffusion_energy_backward_by_passes(go, u, spacing);
 }
 at::Tensor bending_energy_cpu(const at::Tensor& u, OptionalSpacing spacing) {
-  return energy_cpu<Energy::Bending>(u, spacing, 0.0, "bending_energy");
+  return bending_energy_by_passes(u, spacing);
 }
 at::Tensor bending_energy_backward_cpu(const at::Tensor& go, const at::Tensor& u, OptionalSpacing spacing) {
-  return energy_backward_cpu<Energy::Bending>(go, u, spacing, 0.0, "_bending_energy_backward");
+  return bending_energy_backward_by_passes(go, u, spacing);
 }
 at::Tensor jacobian_penalty_cpu(const at::Tensor& u, double threshold) {
   return energy_cpu<Energy::JacobianPenalty>(u, c10::nullopt, threshold, "jacobian_penalty");
 }
 at::Tensor jacobian_penalty_backward_cpu(const at::Tensor& go, const at::Tensor& u, double threshold) {
-  return energy_backward_cpu<Energy::JacobianPenalty>(go, u, c10::nullopt, threshold, "_jacobian_penalty_backward");
+  return jacobian_penalty_backward_impl(go, u, threshold);
 }
 
 }  // namespace
