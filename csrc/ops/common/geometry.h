@@ -39,6 +39,16 @@ struct SpatialGeometry {
   }
 };
 
+// Advances a voxel position in C order (last dim fastest), like an odometer.
+template <int NDIM>
+ODEREG_HOST_DEVICE void next_index(const SpatialGeometry<NDIM>& g, int64_t index[NDIM]) {
+#pragma unroll
+  for (int d = NDIM - 1; d >= 0; --d) {
+    if (++index[d] < g.size[d]) return;
+    index[d] = 0;
+  }
+}
+
 template <int NDIM, typename SizeArray>
 inline SpatialGeometry<NDIM> make_geometry(const SizeArray& spatial_sizes) {
   SpatialGeometry<NDIM> g{};

@@ -9,16 +9,6 @@
 namespace itk_odereg {
 namespace ops {
 
-// Advances a voxel position in C order (last dim fastest), like an odometer.
-template <int NDIM>
-ODEREG_HOST_DEVICE void next_index(const SpatialGeometry<NDIM>& g, int64_t index[NDIM]) {
-#pragma unroll
-  for (int d = NDIM - 1; d >= 0; --d) {
-    if (++index[d] < g.size[d]) return;
-    index[d] = 0;
-  }
-}
-
 // Corner c of the 2^NDIM interpolation cell: bit d of c selects the upper
 // corner along dim d. Returns false when the corner lies outside the image.
 template <int NDIM, typename scalar_t>

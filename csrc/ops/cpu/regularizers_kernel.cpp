@@ -3,6 +3,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 
 #include <vector>
 #include <torch/library.h>
@@ -68,40 +69,6 @@ at::Tensor energy_cpu(const at::Tensor& u_in, const OptionalSpacing& spacing, do
   });
 }
 
-// Per voxel: -2 relu(tau - det J(q)) weights the cofactor stencil (determinant_grad_at).
-at::Tensor jacobian_penalty_backward_impl(const at::Tensor& grad_output, const at::Tensor& u_in, double threshold) {
-  const char* op = "_jacobian_penalty_backward";
-  const int64_t ndim = check_regularizer_input(u_in, op, 2);
-  check_scalar_grad(grad_output, u_in, op);
-  const at::Tensor u = u_in.contiguous();
-  at::Tensor grad = at::empty(u.sizes(), u.options());
-  dispatch_ndim(ndim, [&](auto nd) {
-    constexpr int NDIM = decltype(nd)::value;
-    const auto g = make_geometry<NDIM>(u.sizes().slice(2));
-    const int64_t batch = u.size(0);
-    AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "itk_odereg::_jacobian_penalty_backward", [&] {
-      const scalar_t scale = grad_output.item<scalar_t>() / static_cast<scalar_t>(batch * g.numel);
-      const scalar_t tau = static_cast<scalar_t>(threshold);
-      const scalar_t* up = u.data_ptr<scalar_t>();
-      scalar_t* gp = grad.data_ptr<scalar_t>();
-      auto weight = [tau](int64_t, scalar_t det) {
-        const scalar_t r = tau - det;
-        return r > 0 ? scalar_t(-2) * r : scalar_t(0);
-      };
-      at::parallel_for(0, batch * g.numel, kGrain, [&](int64_t begin, int64_t end) {
-        int64_t m[NDIM];
-        scalar_t gr[NDIM];
-        for (int64_t t = begin; t < end; ++t) {
-          const int64_t n = t / g.numel, p = t % g.numel;
-          g.unravel(p, m);
-          determinant_grad_at<NDIM, scalar_t>(up + n * NDIM * g.numel, g, m, weight, gr);
-          for (int i = 0; i < NDIM; ++i) gp[(n * NDIM + i) * g.numel + p] = scale * gr[i];
-        }
-      });
-    });
-  });
-  return grad;
-}
 
 // The bending energy by whole-field passes (see fd_passes.h):
 //   E = mean over batch and voxels of sum_i [ sum_a s_iaa (D2_a u_i)^2 + 2 sum_{a<b} s_iab (D_a D_b u_i)^2 ],
@@ -256,6 +223,36 @@ at::Tensor jacobian_determinant_cpu(const at::Tensor& u_in) {
   return det;
 }
 
+// Gradient of sum_q w(q) det J(q) with respect to u, for one batch element:
+//   grad_i = sum_j D_j^T (w C_ij),  C = cofactors of J = d det / d J,
+// the transposed first-derivative stencil applied once per field (fd_passes.h)
+// instead of re-evaluating the Jacobians of every neighbour per voxel.
+// Voxels with w = 0 (most of them for the folding penalty) skip their Jacobian.
+template <int NDIM, typename scalar_t>
+void determinant_grad_by_passes(const scalar_t* u, const scalar_t* w, scalar_t* grad, const SpatialGeometry<NDIM>& g) {
+  std::vector<scalar_t> weighted(NDIM * g.numel);
+  for (int j = 0; j < NDIM; ++j) {
+    at::parallel_for(0, g.numel, kGrain, [&](int64_t begin, int64_t end) {
+      int64_t q[NDIM];
+      g.unravel(begin, q);
+      for (int64_t p = begin; p < end; ++p, next_index<NDIM>(g, q)) {
+        if (w[p] == scalar_t(0)) {
+          for (int i = 0; i < NDIM; ++i) weighted[i * g.numel + p] = scalar_t(0);
+          continue;
+        }
+        scalar_t J[NDIM][NDIM], C[NDIM][NDIM];
+        jacobian_at<NDIM, scalar_t>(u, g, q, J);
+        cofactors(J, C);
+        for (int i = 0; i < NDIM; ++i) weighted[i * g.numel + p] = w[p] * C[i][j];
+      }
+    });
+    for (int i = 0; i < NDIM; ++i) {
+      apply_stencil_pass<NDIM, scalar_t>(weighted.data() + i * g.numel, grad + i * g.numel, g, j,
+                                         Stencil::FirstDerivative, true, scalar_t(1), j > 0);
+    }
+  }
+}
+
 at::Tensor jacobian_determinant_backward_cpu(const at::Tensor& grad_output, const at::Tensor& u_in) {
   const char* op = "_jacobian_determinant_backward";
   const int64_t ndim = check_regularizer_input(u_in, op, 2);
@@ -267,22 +264,54 @@ at::Tensor jacobian_determinant_backward_cpu(const at::Tensor& grad_output, cons
     constexpr int NDIM = decltype(nd)::value;
     const auto g = make_geometry<NDIM>(u.sizes().slice(2));
     AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "itk_odereg::_jacobian_determinant_backward", [&] {
-      const scalar_t* up = u.data_ptr<scalar_t>();
-      const scalar_t* gop = go.data_ptr<scalar_t>();
-      scalar_t* gp = grad.data_ptr<scalar_t>();
-      at::parallel_for(0, u.size(0) * g.numel, kGrain, [&](int64_t begin, int64_t end) {
-        int64_t m[NDIM];
-        scalar_t gr[NDIM];
-        for (int64_t t = begin; t < end; ++t) {
-          const int64_t n = t / g.numel, p = t % g.numel;
-          g.unravel(p, m);
-          const scalar_t* go_n = gop + n * g.numel;
-          auto weight = [&](int64_t q, scalar_t) { return go_n[q]; };
-          determinant_grad_at<NDIM, scalar_t>(up + n * NDIM * g.numel, g, m, weight, gr);
-          for (int i = 0; i < NDIM; ++i) gp[(n * NDIM + i) * g.numel + p] = gr[i];
-        }
-      });
+      for (int64_t n = 0; n < u.size(0); ++n) {
+        determinant_grad_by_passes<NDIM, scalar_t>(u.data_ptr<scalar_t>() + n * NDIM * g.numel,
+                                                   go.data_ptr<scalar_t>() + n * g.numel,
+                                                   grad.data_ptr<scalar_t>() + n * NDIM * g.numel, g);
+      }
     });
+    return 0;
+  });
+  return grad;
+}
+
+// The folding penalty's weight is w = scale * -2 relu(tau - det J): zero
+// wherever det J >= tau, and then the whole gradient is zero.
+at::Tensor jacobian_penalty_backward_impl(const at::Tensor& grad_output, const at::Tensor& u_in, double threshold) {
+  const char* op = "_jacobian_penalty_backward";
+  const int64_t ndim = check_regularizer_input(u_in, op, 2);
+  check_scalar_grad(grad_output, u_in, op);
+  const at::Tensor u = u_in.contiguous();
+  at::Tensor grad = at::zeros(u.sizes(), u.options());
+  dispatch_ndim(ndim, [&](auto nd) {
+    constexpr int NDIM = decltype(nd)::value;
+    const auto g = make_geometry<NDIM>(u.sizes().slice(2));
+    AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "itk_odereg::_jacobian_penalty_backward", [&] {
+      const scalar_t scale = grad_output.item<scalar_t>() / static_cast<scalar_t>(u.size(0) * g.numel);
+      const scalar_t tau = static_cast<scalar_t>(threshold);
+      std::vector<scalar_t> w(g.numel);
+      for (int64_t n = 0; n < u.size(0); ++n) {
+        const scalar_t* un = u.data_ptr<scalar_t>() + n * NDIM * g.numel;
+        const int64_t active = at::parallel_reduce(
+            0, g.numel, kGrain, int64_t(0),
+            [&](int64_t begin, int64_t end, int64_t count) {
+              int64_t q[NDIM];
+              g.unravel(begin, q);
+              for (int64_t p = begin; p < end; ++p, next_index<NDIM>(g, q)) {
+                scalar_t J[NDIM][NDIM];
+                jacobian_at<NDIM, scalar_t>(un, g, q, J);
+                const scalar_t r = tau - determinant(J);
+                w[p] = r > scalar_t(0) ? scale * scalar_t(-2) * r : scalar_t(0);
+                count += w[p] != scalar_t(0);
+              }
+              return count;
+            },
+            std::plus<int64_t>());
+        if (active == 0) continue;
+        determinant_grad_by_passes<NDIM, scalar_t>(un, w.data(), grad.data_ptr<scalar_t>() + n * NDIM * g.numel, g);
+      }
+    });
+    return 0;
   });
   return grad;
 }
