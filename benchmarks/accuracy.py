@@ -29,7 +29,7 @@ What it measures (docs/methods.md, section 4):
 * Methods (each in a fresh subprocess, so its peak memory is its own):
 
   - ``nodeo``: ``itk_odereg.register(fixed, moving, affine=None, metric="lncc"``
-    (mono) or ``"mi"`` (multi), ``resolution_mm=None)`` with the default
+    (mono) or ``"ngf"`` (multi, the metric recommended for different contrasts), ``resolution_mm=None)`` with the default
     ``NODEOSettings``; ``--nodeo-variant NAME=JSON`` adds ``nodeo:NAME`` with
     ``NODEOSettings(metric=..., **JSON)``.
   - ``greedy``: picsl_greedy ``Greedy3D``, ``-n 100x50x20``, ``-m NCC 2x2x2``
@@ -238,7 +238,7 @@ def worker_nodeo(pair: Path, out: Path, task: str, threads: int, variant: dict) 
 
     fixed = sitk.ReadImage(str(pair / "fixed.nii"))
     moving = sitk.ReadImage(str(pair / "moving.nii"))
-    metric = variant.get("metric", "lncc" if task == "mono" else "mi")
+    metric = variant.get("metric", "lncc" if task == "mono" else "ngf")
     settings = NODEOSettings(**dict({"metric": metric}, **{k: (tuple(v) if isinstance(v, list) else v)
                                                          for k, v in variant.items()})) if variant else None
     rss0 = _rss_mib()

@@ -128,13 +128,15 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("-o", "--output", required=True, metavar="PREFIX",
                      help="output prefix, e.g. out/sub01_ (directory must exist)")
     reg.add_argument("--metric", choices=["lncc", "mse", "mi", "ngf"], default="lncc",
-                     help="similarity: lncc (same contrast, default), mse, mi (different contrasts), ngf")
+                     help="similarity: lncc (local NCC, same contrast; default), mse, "
+                          "ngf (normalized gradient fields: different contrasts such as T1 to T2, recommended; "
+                          "the affine stage then uses mi), mi (Mattes mutual information, both stages)")
     reg.add_argument("--affine", choices=["affine", "rigid", "none"], default="affine",
                      help="pre-alignment (default affine: centres of mass, rigid, affine)")
     reg.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="torch device (default cpu)")
     reg.add_argument("--iterations", type=int, nargs="+", metavar="N",
                      help="NODEO iterations per pyramid level, coarse to fine, 1 to 3 values (default 150 100 50)")
-    reg.add_argument("--steps", type=int, default=8, help="ODE solver steps (default 8)")
+    reg.add_argument("--steps", type=int, default=4, help="ODE solver steps on t in [0, 1] (default 4)")
     reg.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     reg.add_argument("--resolution", type=float, default=2.0, metavar="MM",
                      help="NODEO working grid spacing in mm (default 2; 0: the fixed image's own grid)")

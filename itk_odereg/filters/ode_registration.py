@@ -39,7 +39,7 @@ _PARAMETERS: dict[str, tuple[str, Any]] = {
     "affine": ("Affine", "affine"),
     "device": ("Device", "cpu"),
     "iterations": ("Iterations", None),
-    "steps": ("Steps", 8),
+    "steps": ("Steps", 4),
     "seed": ("Seed", 0),
     "resolution_mm": ("ResolutionMM", 2.0),
     "progress": ("Progress", False),
@@ -228,7 +228,7 @@ class _Parameters:
 
     # -- steps
     def SetSteps(self, steps: int) -> None:
-        """Number of ODE solver steps on t in [0, 1] (default 8)."""
+        """Number of ODE solver steps on t in [0, 1] (default 4)."""
         self._set("steps", steps)
 
     def GetSteps(self) -> int:

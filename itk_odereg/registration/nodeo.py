@@ -40,14 +40,14 @@ class NODEOSettings:
     metric_options: dict = field(default_factory=dict)
     levels: tuple[float, ...] = (4.0, 2.0, 1.0)          # pyramid factors, coarse to fine
     iterations: tuple[int, ...] = (150, 100, 50)         # Adam iterations per level
-    steps: int = 8                                        # solver steps on [0, 1]
+    steps: int = 4                                        # solver steps on [0, 1]
     method: str = "euler"
     adjoint: bool = False
     learning_rate_mm: float = 0.2                          # Adam step on the coarse velocity, mm
-    control_spacing_mm: float = 8.0                        # spacing of the velocity's control grid
-    smoothing_mm: float = 6.0                              # Gaussian smoothing of the velocity
+    control_spacing_mm: float = 6.0                        # spacing of the velocity's control grid
+    smoothing_mm: float = 4.0                              # Gaussian smoothing of the velocity
     hidden_channels: int = 8                               # width of the state network (0: stationary)
-    jacobian_weight: float = 2.5                           # lambda_J * mean relu(0.5 - det J)^2
+    jacobian_weight: float = 5.0                           # lambda_J * mean relu(0.5 - det J)^2
     jacobian_threshold: float = 0.5
     smoothness_weight: float = 0.05                        # lambda_df * diffusion energy (mm/mm)
     velocity_weight: float = 5e-5                          # lambda_v * kinetic energy (mm^2)
@@ -94,6 +94,24 @@ def _flow_level(level, control_spacing_mm: float):
     return pyramid_level(level.shape, level.spacing_mm, factor)
 
 
+def _metric_options(settings: "NODEOSettings", fixed: torch.Tensor, moving: torch.Tensor) -> dict:
+    """Mutual information gets its intensity ranges from the unwarped images, once
+    (as ITK's Mattes metric does): ranges recomputed from the warped image every
+    iteration move the histogram bins under the optimizer."""
+    options = dict(settings.metric_options)
+    if settings.metric == "mi":
+        percentiles = tuple(options.get("percentiles", (0.5, 99.5)))
+        for name, image in (("fixed_range", fixed), ("moving_range", moving)):
+            if options.get(name) is None:
+                values = image.detach().reshape(-1).float()
+                if values.numel() > 1 << 22:
+                    values = values[:: values.numel() // (1 << 22) + 1]
+                q = torch.quantile(values, torch.tensor([percentiles[0] / 100, percentiles[1] / 100]))
+                low, high = float(q[0]), float(q[1])
+                options[name] = (low, high if high > low else low + 1.0)
+    return options
+
+
 def nodeo_register(
     fixed: torch.Tensor,
     moving: torch.Tensor,
@@ -127,7 +145,7 @@ def nodeo_register(
     velocity = VelocityNetwork(control_shape, control_spacing, settings.smoothing_mm, settings.hidden_channels)
     velocity = velocity.to(device=fixed.device, dtype=fixed.dtype)
     flow = NeuralODEFlow(velocity, settings.steps, settings.method, settings.adjoint)
-    metric = make_metric(settings.metric, **settings.metric_options)
+    metric = make_metric(settings.metric, **_metric_options(settings, fixed, moving))
     # Adam's step is about the learning rate in parameter units: mm for the
     # coarse velocity. The state network's weights get a smaller one.
     groups = [{"params": [velocity.coarse_velocity], "lr": settings.learning_rate_mm}]
