@@ -90,6 +90,7 @@ setup(
     version=read_version(),
     description="Neural-ODE deformable image registration for ITK, SimpleITK and ANTs workflows",
     packages=find_packages(include=["itk_odereg", "itk_odereg.*"]),
+    package_data={"itk_odereg.msodenet": ["weights/*.pt"]},
     ext_modules=get_extensions(),
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
     python_requires=">=3.10",

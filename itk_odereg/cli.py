@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{register,apply}")
+    sub = parser.add_subparsers(dest="command", metavar="{register,apply,train,export}")
     sub.required = True
 
     reg = sub.add_parser(
@@ -127,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("-m", "--moving", required=True, metavar="MOVING", help="moving image file (any grid)")
     reg.add_argument("-o", "--output", required=True, metavar="PREFIX",
                      help="output prefix, e.g. out/sub01_ (directory must exist)")
+    reg.add_argument("--method", choices=["nodeo", "msodenet", "msodenet+nodeo"], default="nodeo",
+                     help="deformable stage: nodeo (per-pair neural-ODE optimization; default), msodenet (the "
+                          "shipped learned MS-ODENet models, rigid then B-spline, seconds on a CPU; 3D only), "
+                          "msodenet+nodeo (MS-ODENet first, then NODEO refines)")
     reg.add_argument("--metric", choices=["lncc", "mse", "mi", "ngf"], default="lncc",
                      help="similarity: lncc (local NCC, same contrast; default), mse, "
                           "ngf (normalized gradient fields: different contrasts such as T1 to T2, recommended; "
@@ -162,7 +166,94 @@ def build_parser() -> argparse.ArgumentParser:
                      help="one 0/1 per transform: 1 inverts it (affine files only)")
     app.add_argument("--default-value", type=float, default=0.0, help="value outside the input (default 0)")
     app.set_defaults(func=_cmd_apply)
+
+    trn = sub.add_parser(
+        "train", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="train an MS-ODENet model on brain label maps",
+        description="Train MS-ODENet without labels or ground truth: images with random per-label contrasts are\n"
+        "synthesized from label maps (subjectNN.nii.gz); the loss is a modality-independent similarity,\n"
+        "the recovery of random known transformations and a smoothness penalty. Writes MODEL (.pt), a\n"
+        "resumable checkpoint MODEL.ckpt and a loss log MODEL.log.jsonl.",
+        epilog="example:\n  itk-odereg train --label-maps data/label_maps --output bspline.pt --resolution 2\n"
+        "  itk-odereg train --label-maps data/label_maps --output rigid.pt --parameterization rigid",
+    )
+    trn.add_argument("--label-maps", required=True, metavar="DIR", help="folder with subjectNN.nii.gz label maps")
+    trn.add_argument("--output", required=True, metavar="MODEL", help="model file to write (.pt)")
+    trn.add_argument("--parameterization", choices=["bspline", "rigid"], default="bspline",
+                     help="transformation the model learns (default bspline)")
+    trn.add_argument("--resolution", type=float, default=2.0, metavar="MM", help="training grid spacing (default 2)")
+    trn.add_argument("--iterations", type=int, default=3000, help="training iterations (default 3000)")
+    trn.add_argument("--subjects", type=int, nargs="+", default=list(range(1, 9)), metavar="N",
+                     help="training subjects (default 1..8; keep the others for validation)")
+    trn.add_argument("--learning-rate", type=float, default=5e-4, help="Adam learning rate (default 5e-4)")
+    trn.add_argument("--metric", choices=["ngf", "mi", "lncc", "mse"], default="ngf",
+                     help="similarity of the unsupervised term (default ngf, modality independent)")
+    trn.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="torch device (default cpu)")
+    trn.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    trn.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    trn.add_argument("--restart", action="store_true", help="ignore an existing checkpoint instead of resuming")
+    trn.set_defaults(func=_cmd_train)
+
+    exp = sub.add_parser(
+        "export", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="export a shipped MS-ODENet model to TorchScript or torch.export",
+        description="Write a shipped model as a TorchScript module (.pt) or a torch.export program (.pt2).\n"
+        "forward(fixed, moving) takes float tensors [1,1,D,H,W] on one grid (intensities in [0, 1]) and\n"
+        "returns the displacement [1,3,D,H,W] in voxels (tensor axes z, y, x; fixed to moving:\n"
+        "warp(moving, u) ~ fixed). Load it with torch.jit.load after\n"
+        "torch.ops.load_library(itk_odereg.ops.library_path()); itk_odereg itself is not needed.",
+    )
+    exp.add_argument("--model", choices=["bspline", "rigid", "rigid+bspline"], default="rigid+bspline",
+                     help="shipped model (default rigid+bspline)")
+    exp.add_argument("-o", "--output", required=True, metavar="FILE", help="output file: .pt (TorchScript) or .pt2")
+    exp.add_argument("--shape", type=int, nargs=3, default=None, metavar=("D", "H", "W"),
+                     help="example input size for torch.export (.pt2; default: the model's training box)")
+    exp.set_defaults(func=_cmd_export)
     return parser
+
+
+# ---------------------------------------------------------------------------- train / export
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .msodenet.train import TrainSettings, train
+
+    if args.iterations < 1:
+        raise CLIError(f"--iterations must be at least 1, got {args.iterations}")
+    if args.resolution <= 0:
+        raise CLIError(f"--resolution must be positive (mm), got {args.resolution}")
+    out_dir = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(out_dir):
+        raise CLIError(f"the output directory does not exist: '{out_dir}'")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise CLIError("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
+    settings = TrainSettings(parameterization=args.parameterization, resolution_mm=args.resolution,
+                             iterations=args.iterations, learning_rate=args.learning_rate, metric=args.metric,
+                             train_subjects=tuple(args.subjects), seed=args.seed, threads=args.threads,
+                             device=args.device)
+    try:
+        train(args.label_maps, args.output, settings, resume=not args.restart,
+              log=lambda line: sys.stderr.write(line + "\n"))
+    except FileNotFoundError as err:
+        raise CLIError(str(err)) from None
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .io_utils import atomic_write
+    from .msodenet.export import export_model
+
+    out_dir = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(out_dir):
+        raise CLIError(f"the output directory does not exist: '{out_dir}'")
+    if not args.output.endswith((".pt", ".pt2")):
+        raise CLIError(f"--output must end in .pt (TorchScript) or .pt2 (torch.export), got '{args.output}'")
+    export_model(args.model, args.output, shape=args.shape)
+    sys.stderr.write(f"{PROG} export: wrote {args.output}\n")
+    return 0
 
 
 # ---------------------------------------------------------------------------- register
@@ -248,7 +339,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     try:
         result = register(
-            args.fixed, args.moving, metric=args.metric, affine=None if args.affine == "none" else args.affine,
+            args.fixed, args.moving, method=args.method, metric=args.metric, affine=None if args.affine == "none" else args.affine,
             device=args.device, iterations=tuple(args.iterations) if args.iterations else None, steps=args.steps,
             seed=args.seed, progress=not args.quiet, resolution_mm=args.resolution or None,
         )

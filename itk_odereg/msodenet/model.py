@@ -1,0 +1,281 @@
+"""MS-ODENet: a learned multi-scale ODE optimizer of registration parameters.
+
+The parameters theta of a transformation evolve as
+
+    d theta / dt = f_l(moving o phi_theta(t), fixed, t),   t in [0, T], T = 3,
+
+where [0, 3] is split into three equal segments, segment l solved on pyramid
+level l (factors 4, 2, 1, coarse to fine) with its own network f_l. theta is
+defined once, on the finest grid, so carrying it from one level to the next
+needs no resampling: every level evaluates the same transformation at its own
+resolution.
+
+Conventions (those of the ``itk_odereg`` ops): images are [1, 1, *S] on one
+grid, tensor order (z, y, x) in 3D; a displacement u is [1, 3, *S] in voxel
+units of that grid and maps fixed to moving: ``warp(moving, u) ~ fixed``. The
+model's working grid is near-isotropic (``register`` resamples to it), so
+rotations are taken in voxel space.
+
+The modules call the ops through ``torch.ops.itk_odereg`` and are written for
+TorchScript: a scripted model runs in a process that has only torch and the
+op library.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["MSODENet", "CascadeODENet", "rigid_displacement", "PARAMETERIZATIONS", "SOLVERS"]
+
+PARAMETERIZATIONS = ("rigid", "bspline")
+SOLVERS = ("euler", "adaptive_heun")
+LEVEL_FACTORS = (4, 2, 1)
+
+
+def level_shape(shape: List[int], factor: int) -> List[int]:
+    """Corner-aligned pyramid level: (S - 1) / factor + 1 samples per axis (at least 2)."""
+    return [max(2, (s - 1) // factor + 1) for s in shape]
+
+
+def resize(field: torch.Tensor, shape: List[int]) -> torch.Tensor:
+    """Trilinear resampling of [1, C, *S] onto a corner-aligned grid of another size."""
+    if list(field.shape[2:]) == shape:
+        return field
+    return F.interpolate(field, size=shape, mode="trilinear", align_corners=True)
+
+
+def rescale_displacement(u: torch.Tensor, from_shape: List[int], to_shape: List[int]) -> torch.Tensor:
+    """A voxel-unit displacement of one corner-aligned grid, resampled and rescaled onto another."""
+    scale = torch.tensor([(t - 1) / max(f - 1, 1) for f, t in zip(from_shape, to_shape)], dtype=u.dtype,
+                         device=u.device).view(1, 3, 1, 1, 1)
+    return resize(u, to_shape) * scale
+
+
+def rotation_matrix(angles: torch.Tensor) -> torch.Tensor:
+    """[3, 3] rotation, the product of rotations about tensor axes 0, 1 and 2 by ``angles`` (radians)."""
+    c, s = torch.cos(angles), torch.sin(angles)
+    one, zero = torch.ones_like(angles[0]), torch.zeros_like(angles[0])
+    r0 = torch.stack([torch.stack([one, zero, zero]), torch.stack([zero, c[0], -s[0]]),
+                      torch.stack([zero, s[0], c[0]])])
+    r1 = torch.stack([torch.stack([c[1], zero, s[1]]), torch.stack([zero, one, zero]),
+                      torch.stack([-s[1], zero, c[1]])])
+    r2 = torch.stack([torch.stack([c[2], -s[2], zero]), torch.stack([s[2], c[2], zero]),
+                      torch.stack([zero, zero, one])])
+    return r0 @ r1 @ r2
+
+
+def rigid_displacement(params: torch.Tensor, shape: List[int], reference_shape: List[int]) -> torch.Tensor:
+    """Displacement [1, 3, *shape] (voxel units of ``shape``) of a rigid motion about the grid centre.
+
+    Args:
+        params: [1, 6]: three rotation angles (radians, about tensor axes 0, 1, 2)
+            and a translation in voxels of ``reference_shape`` (the finest grid).
+        shape: the grid to evaluate on (corner-aligned with ``reference_shape``).
+        reference_shape: the grid whose voxels the translation is expressed in.
+    """
+    scale = [(s - 1) / max(r - 1, 1) for s, r in zip(shape, reference_shape)]
+    # Positions in reference voxels, centred, so the motion is the same on every level.
+    axes = [(torch.arange(s, dtype=params.dtype, device=params.device) - (s - 1) / 2.0) / scale[i]
+            for i, s in enumerate(shape)]
+    grid = torch.meshgrid(axes[0], axes[1], axes[2], indexing="ij")
+    points = torch.stack([grid[0], grid[1], grid[2]]).reshape(3, -1)
+    moved = rotation_matrix(params[0, :3]) @ points + params[0, 3:].view(3, 1)
+    scale_t = torch.tensor(scale, dtype=params.dtype, device=params.device).view(3, 1)
+    return ((moved - points) * scale_t).reshape(1, 3, shape[0], shape[1], shape[2])
+
+
+def _conv(cin: int, cout: int, stride: int) -> nn.Module:
+    return nn.Sequential(nn.Conv3d(cin, cout, 3, stride=stride, padding=1), nn.LeakyReLU(0.2))
+
+
+class RigidVelocity(nn.Module):
+    """f_l for rigid parameters: strided convolutions, global pooling, two fully connected layers -> 6 rates.
+
+    Input channels: warped moving, fixed and t (a constant image). Output
+    [1, 6]: d(angles)/dt in radians and d(translation)/dt in finest-grid voxels.
+    """
+
+    def __init__(self, width: int = 16, translation_scale: float = 10.0) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(_conv(3, width, 2), _conv(width, 2 * width, 2), _conv(2 * width, 2 * width, 2))
+        self.head = nn.Sequential(nn.Linear(2 * width, 32), nn.LeakyReLU(0.2), nn.Linear(32, 6))
+        nn.init.zeros_(self.head[2].weight)
+        nn.init.zeros_(self.head[2].bias)
+        self.register_buffer("output_scale", torch.tensor([0.5, 0.5, 0.5] + [translation_scale] * 3))
+
+    def forward(self, warped: torch.Tensor, fixed: torch.Tensor, t: float, theta_shape: List[int]) -> torch.Tensor:
+        x = torch.cat([warped, fixed, torch.full_like(fixed, t / 3.0)], 1)
+        features = self.encoder(x).mean(dim=(2, 3, 4))
+        return self.head(features) * self.output_scale
+
+
+class BSplineVelocity(nn.Module):
+    """f_l for a cubic B-spline control grid: convolutions down to about the control
+    resolution (``downsample`` stride-2 layers), then resampled to the grid's shape.
+
+    Output [1, 3, *G]: d(control displacement)/dt in finest-grid voxels.
+    """
+
+    def __init__(self, downsample: int, width: int = 16, output_scale: float = 4.0) -> None:
+        super().__init__()
+        layers: List[nn.Module] = [_conv(3, width, 2 if downsample > 0 else 1)]
+        for _ in range(max(downsample - 1, 0)):
+            layers.append(_conv(width, width, 2))
+        layers.append(_conv(width, width, 1))
+        self.encoder = nn.Sequential(*layers)
+        self.out = nn.Conv3d(width, 3, 3, padding=1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+        self.output_scale = float(output_scale)
+
+    def forward(self, warped: torch.Tensor, fixed: torch.Tensor, t: float, theta_shape: List[int]) -> torch.Tensor:
+        x = torch.cat([warped, fixed, torch.full_like(fixed, t / 3.0)], 1)
+        rates = self.out(self.encoder(x)) * self.output_scale
+        return F.interpolate(rates, size=theta_shape[2:], mode="trilinear", align_corners=True)
+
+
+class MSODENet(nn.Module):
+    """The three-scale ODE registration model for one parameterization.
+
+    Args:
+        parameterization: ``"rigid"`` (6 parameters) or ``"bspline"`` (control
+            grid with ``control_spacing`` finest-grid voxels between points).
+        steps: Euler steps per unit-time segment, coarse to fine (the paper's
+            step sizes: B-spline 0.2, 0.2, 0.25; rigid 0.1 at the fine level).
+        solver: ``"euler"`` or ``"adaptive_heun"`` (error-controlled Heun-Euler
+            pair, tolerance ``tolerance`` in parameter units, used on the two
+            coarse levels as in the paper; the fine level stays Euler).
+        width: feature channels of the networks.
+    """
+
+    def __init__(self, parameterization: str = "bspline", steps: Tuple[int, int, int] = (5, 5, 4),
+                 solver: str = "euler", tolerance: float = 1e-3, control_spacing: int = 4, width: int = 16) -> None:
+        super().__init__()
+        if parameterization not in PARAMETERIZATIONS:
+            raise ValueError(f'MSODENet(): invalid parameterization "{parameterization}". Must be one of '
+                             f"{list(PARAMETERIZATIONS)}")
+        if solver not in SOLVERS:
+            raise ValueError(f'MSODENet(): invalid solver "{solver}". Must be one of {list(SOLVERS)}')
+        if len(steps) != 3 or any(int(s) < 1 for s in steps):
+            raise ValueError(f"MSODENet(): 'steps' must be 3 positive counts (coarse to fine), got {list(steps)}")
+        self.parameterization = parameterization
+        self.steps = [int(s) for s in steps]
+        self.solver = solver
+        self.tolerance = float(tolerance)
+        self.control_spacing = int(control_spacing)
+        self.width = int(width)
+        # Training recomputes each step's activations in the backward pass
+        # (torch.utils.checkpoint): memory independent of the number of steps.
+        self.checkpointing = False
+        self.factors = list(LEVEL_FACTORS)
+        if parameterization == "rigid":
+            self.nets = nn.ModuleList([RigidVelocity(width) for _ in LEVEL_FACTORS])
+        else:
+            # Level factor f: the control grid is control_spacing / f voxels apart there.
+            downs = [max(0, int(round(math.log2(max(self.control_spacing // f, 1))))) for f in LEVEL_FACTORS]
+            self.nets = nn.ModuleList([BSplineVelocity(d, width) for d in downs])
+
+    def config(self) -> dict:
+        """Constructor arguments, stored with the weights."""
+        return {"parameterization": self.parameterization, "steps": list(self.steps), "solver": self.solver,
+                "tolerance": self.tolerance, "control_spacing": self.control_spacing, "width": self.width}
+
+    def initial_theta(self, shape: List[int], like: torch.Tensor) -> torch.Tensor:
+        if self.parameterization == "rigid":
+            return torch.zeros(1, 6, dtype=like.dtype, device=like.device)
+        grid = [(s - 1) // self.control_spacing + 4 for s in shape]
+        return torch.zeros(1, 3, grid[0], grid[1], grid[2], dtype=like.dtype, device=like.device)
+
+    def displacement(self, theta: torch.Tensor, shape: List[int], fine_shape: List[int]) -> torch.Tensor:
+        """The transformation of ``theta`` as a voxel-unit displacement on a grid of ``shape``."""
+        if self.parameterization == "rigid":
+            return rigid_displacement(theta, shape, fine_shape)
+        s = self.control_spacing
+        fine = torch.ops.itk_odereg.bspline_to_dense(theta, fine_shape, [s, s, s])
+        return rescale_displacement(fine, fine_shape, shape)
+
+    def _rate(self, level: int, theta: torch.Tensor, moving: torch.Tensor, fixed: torch.Tensor, t: float,
+              fine_shape: List[int]) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            if self.checkpointing and torch.is_grad_enabled():
+                return self._checkpointed_rate(level, theta, moving, fixed, t, fine_shape)
+        return self._rate_of(level, theta, moving, fixed, t, fine_shape)
+
+    @torch.jit.unused
+    def _checkpointed_rate(self, level: int, theta: torch.Tensor, moving: torch.Tensor, fixed: torch.Tensor,
+                           t: float, fine_shape: List[int]) -> torch.Tensor:
+        from torch.utils.checkpoint import checkpoint
+
+        return checkpoint(self._rate_of, level, theta, moving, fixed, t, fine_shape, use_reentrant=False)
+
+    def _rate_of(self, level: int, theta: torch.Tensor, moving: torch.Tensor, fixed: torch.Tensor, t: float,
+                 fine_shape: List[int]) -> torch.Tensor:
+        shape = list(fixed.shape[2:])
+        warped = torch.ops.itk_odereg.warp(moving, self.displacement(theta, shape, fine_shape), "zeros")
+        rate = torch.zeros_like(theta)
+        for i, net in enumerate(self.nets):
+            if i == level:
+                rate = net(warped, fixed, t, list(theta.shape))
+        return rate
+
+    def integrate(self, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
+        """theta(T): the parameters after the three segments."""
+        fine_shape = list(fixed.shape[2:])
+        theta = self.initial_theta(fine_shape, fixed)
+        for level in range(3):
+            factor = self.factors[level]
+            shape = level_shape(fine_shape, factor)
+            fixed_l = resize(F.avg_pool3d(fixed, factor) if factor > 1 else fixed, shape)
+            moving_l = resize(F.avg_pool3d(moving, factor) if factor > 1 else moving, shape)
+            t0 = float(level)
+            if self.solver == "adaptive_heun" and level < 2:
+                theta = self._adaptive_heun(level, theta, moving_l, fixed_l, t0, fine_shape)
+            else:
+                h = 1.0 / self.steps[level]
+                for k in range(self.steps[level]):
+                    theta = theta + h * self._rate(level, theta, moving_l, fixed_l, t0 + k * h, fine_shape)
+        return theta
+
+    def _adaptive_heun(self, level: int, theta: torch.Tensor, moving: torch.Tensor, fixed: torch.Tensor, t0: float,
+                       fine_shape: List[int]) -> torch.Tensor:
+        t = t0
+        h = 1.0 / self.steps[level]
+        end = t0 + 1.0
+        min_step = 1.0 / 64  # bounds the work: at most 64 accepted steps per level
+        while t < end - 1e-9:
+            h = min(max(h, min_step), end - t)
+            k1 = self._rate(level, theta, moving, fixed, t, fine_shape)
+            k2 = self._rate(level, theta + h * k1, moving, fixed, t + h, fine_shape)
+            error = float((0.5 * h * (k2 - k1)).abs().max())
+            if error <= self.tolerance or h <= min_step:
+                theta = theta + 0.5 * h * (k1 + k2)
+                t += h
+            factor = 0.9 * math.sqrt(self.tolerance / max(error, 1e-12))
+            h = h * min(5.0, max(0.2, factor))
+        return theta
+
+    def forward(self, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
+        """Displacement [1, 3, *S] in voxels with ``warp(moving, u) ~ fixed`` (fixed to moving)."""
+        theta = self.integrate(fixed, moving)
+        shape = list(fixed.shape[2:])
+        return self.displacement(theta, shape, shape)
+
+
+class CascadeODENet(nn.Module):
+    """Rigid then deformable: the B-spline model registers the rigidly aligned moving
+    image, and the maps compose (fixed -> B-spline -> rigid -> moving)."""
+
+    def __init__(self, rigid: MSODENet, deformable: MSODENet) -> None:
+        super().__init__()
+        self.rigid = rigid
+        self.deformable = deformable
+
+    def forward(self, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
+        u_rigid = self.rigid(fixed, moving)
+        aligned = torch.ops.itk_odereg.warp(moving, u_rigid, "zeros")
+        u_deformable = self.deformable(fixed, aligned)
+        return u_deformable + torch.ops.itk_odereg.warp(u_rigid, u_deformable, "border")

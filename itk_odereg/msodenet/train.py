@@ -1,0 +1,191 @@
+"""Unsupervised training of MS-ODENet on brain label maps (``itk-odereg train``).
+
+Every iteration draws, from the training subjects:
+
+* a **self-supervised** pair: one subject's label map rendered twice with
+  random contrasts (the same one half of the time), the fixed copy deformed by
+  a random known transformation theta~ (B-spline: control-point noise of SD
+  ``perturbation_mm``; rigid: rotations up to ``max_rotation_deg`` and
+  translations up to ``max_translation_mm``). L_self = mean (theta_T - theta~)^2,
+  in units of the perturbation's size so that it is O(1);
+* an **inter-subject** pair with independent random contrasts:
+  L_sim = the modality-independent similarity (``metric``, NGF by default)
+  of fixed and warped moving, and L_reg = the diffusion energy of the map.
+
+Loss = L_sim + lambda_self L_self + lambda_reg L_reg (lambda_self = 1;
+lambda_reg = 2 for B-spline, 0 for rigid, as in the paper). Adam. Every ODE
+step is gradient-checkpointed, so memory does not grow with the number of
+steps. Checkpoints (model, optimizer, iteration, RNG states) are written
+atomically every ``checkpoint_every`` iterations and training resumes from
+them; with the same seed a run is reproducible on the same machine.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from .. import ops
+from ..io_utils import atomic_write
+from ..losses import make_metric
+from .data import find_label_maps, prepare_label_maps, random_contrast_image
+from .model import MSODENet, rigid_displacement
+
+__all__ = ["TrainSettings", "train"]
+
+
+@dataclass
+class TrainSettings:
+    """Settings of :func:`train`; distances in mm, angles in degrees."""
+
+    parameterization: str = "bspline"
+    resolution_mm: float = 2.0
+    iterations: int = 3000
+    learning_rate: float = 5e-4
+    lambda_self: float = 1.0
+    lambda_reg: Optional[float] = None          # None: 2 (B-spline) or 0 (rigid)
+    metric: str = "ngf"
+    perturbation_mm: float = 8.0                # SD of the B-spline control-point noise
+    max_rotation_deg: float = 75.0
+    max_translation_mm: float = 20.0
+    train_subjects: tuple = tuple(range(1, 9))
+    seed: int = 0
+    checkpoint_every: int = 50
+    threads: Optional[int] = None
+    device: str = "cpu"
+    model: dict = field(default_factory=dict)    # extra MSODENet arguments
+
+    def resolved_lambda_reg(self) -> float:
+        if self.lambda_reg is not None:
+            return self.lambda_reg
+        return 2.0 if self.parameterization == "bspline" else 0.0
+
+
+def _default_steps(parameterization: str):
+    return (5, 5, 4) if parameterization == "bspline" else (5, 5, 10)
+
+
+def build_model(settings: TrainSettings) -> MSODENet:
+    kwargs = dict({"parameterization": settings.parameterization,
+                   "steps": _default_steps(settings.parameterization)}, **settings.model)
+    return MSODENet(**kwargs)
+
+
+def _random_theta(model: MSODENet, shape, settings: TrainSettings, generator: torch.Generator) -> torch.Tensor:
+    if model.parameterization == "rigid":
+        angles = (torch.rand(3, generator=generator) * 2 - 1) * math.radians(settings.max_rotation_deg)
+        shift = (torch.rand(3, generator=generator) * 2 - 1) * settings.max_translation_mm / settings.resolution_mm
+        return torch.cat([angles, shift])[None]
+    theta = model.initial_theta(list(shape), torch.zeros(()))
+    return torch.randn(theta.shape, generator=generator) * (settings.perturbation_mm / settings.resolution_mm)
+
+
+def _self_loss(model: MSODENet, predicted: torch.Tensor, target: torch.Tensor, settings: TrainSettings):
+    if model.parameterization == "rigid":
+        # Angles weighted by a brain radius (40 voxels) so that both parts are in voxels of motion.
+        weights = torch.tensor([40.0] * 3 + [1.0] * 3, device=predicted.device)
+        scale = settings.max_translation_mm / settings.resolution_mm
+        return (((predicted - target) * weights) ** 2).mean() / scale**2
+    return ((predicted - target) ** 2).mean() / (settings.perturbation_mm / settings.resolution_mm) ** 2
+
+
+def train(label_maps: str | Path, output: str | Path, settings: TrainSettings | None = None,
+          resume: bool = True, log: Callable[[str], None] = print) -> MSODENet:
+    """Train an MS-ODENet and write it to ``output`` (a ``.pt`` file: config and weights).
+
+    Checkpoints go to ``<output>.ckpt``; a run with ``resume`` continues from it.
+    A JSON-lines log of the losses goes to ``<output>.log.jsonl``.
+    """
+    settings = settings or TrainSettings()
+    output = Path(output)
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    torch.manual_seed(settings.seed)
+    generator = torch.Generator().manual_seed(settings.seed)
+    paths = find_label_maps(label_maps, settings.train_subjects)
+    log(f"train: {len(paths)} subjects at {settings.resolution_mm:g} mm, {settings.parameterization} model")
+    labels = prepare_label_maps(paths, settings.resolution_mm, output.with_suffix(".labels.pt"), log=log)
+    shape = list(labels.shape[1:])
+    device = torch.device(settings.device)
+    model = build_model(settings).to(device)
+    model.checkpointing = True
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
+    metric = make_metric(settings.metric)
+    checkpoint = output.with_suffix(".ckpt")
+    start_iteration = 0
+    if resume and checkpoint.exists():
+        state = torch.load(checkpoint, weights_only=False, map_location=device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        start_iteration = state["iteration"]
+        log(f"train: resumed from {checkpoint} at iteration {start_iteration}")
+    lambda_reg = settings.resolved_lambda_reg()
+    log_path = output.with_suffix(".log.jsonl")
+    began = time.perf_counter()
+    for iteration in range(start_iteration, settings.iterations):
+        a, b = torch.randperm(len(paths), generator=generator)[:2].tolist()
+        # Self-supervised: recover a known transformation of one subject.
+        moving = random_contrast_image(labels[a], generator).to(device)
+        twin = moving if torch.rand((), generator=generator) < 0.5 else random_contrast_image(labels[a], generator).to(device)
+        target = _random_theta(model, shape, settings, generator).to(device)
+        with torch.no_grad():
+            fixed = ops.warp(twin, model.displacement(target, shape, shape), "zeros")
+        predicted = model.integrate(fixed, moving)
+        loss_self = _self_loss(model, predicted, target, settings)
+        # Unsupervised: an inter-subject pair with independent contrasts.
+        fixed_b = random_contrast_image(labels[b], generator).to(device)
+        moving_a = random_contrast_image(labels[a], generator).to(device)
+        if model.parameterization == "rigid":
+            with torch.no_grad():
+                motion = _random_theta(model, shape, settings, generator).to(device)
+                moving_a = ops.warp(moving_a, rigid_displacement(motion, shape, shape), "zeros")
+        u = model.displacement(model.integrate(fixed_b, moving_a), shape, shape)
+        loss_sim = metric(fixed_b, ops.warp(moving_a, u, "zeros"))
+        loss_reg = ops.diffusion_energy(u) if lambda_reg > 0 else torch.zeros((), device=device)
+        loss = loss_sim + settings.lambda_self * loss_self + lambda_reg * loss_reg
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        record = {"iteration": iteration + 1, "loss": loss.item(), "sim": loss_sim.item(), "self": loss_self.item(),
+                  "reg": loss_reg.item(), "seconds": round(time.perf_counter() - began, 1)}
+        with open(log_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if (iteration + 1) % 10 == 0 or iteration == start_iteration:
+            log(f"  iteration {iteration + 1}/{settings.iterations}: loss {record['loss']:.4f} "
+                f"(sim {record['sim']:.4f}, self {record['self']:.4f}, reg {record['reg']:.4f}), "
+                f"{record['seconds']:.0f} s")
+        if (iteration + 1) % settings.checkpoint_every == 0 or iteration + 1 == settings.iterations:
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "iteration": iteration + 1,
+                     "generator": generator.get_state(), "torch_rng": torch.get_rng_state()}
+            atomic_write(checkpoint, lambda tmp: torch.save(state, tmp), caller="train")
+            save_model(model, output, {"resolution_mm": settings.resolution_mm, "iterations": iteration + 1,
+                                       "training": {k: v for k, v in asdict(settings).items() if k != "model"}})
+    model.checkpointing = False
+    return model
+
+
+def save_model(model: MSODENet, path: str | Path, metadata: dict) -> None:
+    """Write config, metadata and weights (float32) atomically."""
+    state = {"config": model.config(), "metadata": metadata,
+             "state_dict": {k: v.detach().float().cpu() for k, v in model.state_dict().items()}}
+    atomic_write(Path(path), lambda tmp: torch.save(state, tmp), caller="save_model()")
+
+
+def load_model(path: str | Path) -> tuple[MSODENet, dict]:
+    """Read a model written by :func:`save_model`; returns (model in eval mode, metadata)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"load_model(): model file '{path}' does not exist")
+    state = torch.load(path, weights_only=False, map_location="cpu")
+    if not isinstance(state, dict) or "config" not in state:
+        raise ValueError(f"load_model(): '{path}' is not an MS-ODENet model file")
+    model = MSODENet(**state["config"])
+    model.load_state_dict(state["state_dict"])
+    return model.eval(), state.get("metadata", {})

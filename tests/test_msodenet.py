@@ -1,0 +1,283 @@
+"""MS-ODENet: the model's parameterizations, solvers and export, the training loop, and the shipped models."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from itk_odereg import ops, register
+from itk_odereg.cli import main as cli_main
+from itk_odereg.msodenet import CascadeODENet, MSODENet, TrainSettings, load_model, rigid_displacement, train
+from itk_odereg.msodenet.model import rotation_matrix
+from itk_odereg.msodenet.pretrained import MODELS, load_pretrained, weights_path
+
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script.*` is deprecated:DeprecationWarning")
+
+SHAPE = (25, 29, 27)
+
+
+def randomized(model: MSODENet, seed: int = 0) -> MSODENet:
+    """The zero-initialized output layers give the identity; random weights exercise every path."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    return model.eval()
+
+
+def blob_pair(seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    zz, yy, xx = torch.meshgrid(*[torch.linspace(-1, 1, s) for s in SHAPE], indexing="ij")
+    fixed = torch.exp(-((zz - 0.1) ** 2 + yy**2 + (xx + 0.1) ** 2) / 0.2)[None, None]
+    moving = torch.roll(fixed, shifts=(1, -2, 1), dims=(2, 3, 4)) + 0.01 * torch.rand(1, 1, *SHAPE, generator=gen)
+    return fixed.float(), moving.float()
+
+
+# ------------------------------------------------------------------------------- the model
+
+
+@pytest.mark.parametrize("parameterization", ["bspline", "rigid"])
+def test_untrained_model_is_the_identity(parameterization):
+    fixed, moving = blob_pair()
+    u = MSODENet(parameterization)(fixed, moving)
+    assert u.shape == (1, 3, *SHAPE)
+    assert u.abs().max() == 0
+
+
+def test_rigid_displacement_is_the_rotation_about_the_centre():
+    params = torch.tensor([[0.3, -0.2, 0.5, 2.0, -1.0, 0.5]], dtype=torch.float64)
+    shape = [9, 11, 13]
+    u = rigid_displacement(params, shape, shape)
+    R = rotation_matrix(params[0, :3])
+    assert torch.allclose(R @ R.T, torch.eye(3, dtype=torch.float64), atol=1e-12)
+    centre = torch.tensor([(s - 1) / 2 for s in shape], dtype=torch.float64)
+    for index in [(0, 0, 0), (4, 5, 6), (8, 3, 12)]:
+        p = torch.tensor(index, dtype=torch.float64)
+        expected = R @ (p - centre) + centre + params[0, 3:] - p
+        assert torch.allclose(u[0, :, index[0], index[1], index[2]], expected, atol=1e-10)
+
+
+def test_rigid_displacement_is_the_same_motion_on_a_coarser_level():
+    params = torch.tensor([[0.2, 0.1, -0.3, 3.0, 1.0, -2.0]], dtype=torch.float64)
+    fine, coarse = [17, 21, 25], [9, 11, 13]
+    u_fine = rigid_displacement(params, fine, fine)
+    u_coarse = rigid_displacement(params, coarse, fine)
+    # Coarse voxel k sits on fine voxel 2k; displacements scale by the voxel size ratio.
+    assert torch.allclose(u_coarse * 2, u_fine[:, :, ::2, ::2, ::2], atol=1e-10)
+
+
+def test_bspline_parameterization_is_the_bspline_op():
+    model = MSODENet("bspline")
+    theta = torch.randn(1, 3, *[(s - 1) // 4 + 4 for s in SHAPE])
+    dense = model.displacement(theta, list(SHAPE), list(SHAPE))
+    assert torch.equal(dense, ops.bspline_to_dense(theta, SHAPE, [4, 4, 4]))
+
+
+def test_adaptive_heun_agrees_with_fine_euler():
+    fixed, moving = blob_pair()
+    heun = randomized(MSODENet("bspline", solver="adaptive_heun", tolerance=1e-4))
+    euler = randomized(MSODENet("bspline", steps=(40, 40, 4)))
+    with torch.no_grad():
+        a, b = heun.integrate(fixed, moving), euler.integrate(fixed, moving)
+    assert (a - b).abs().max() < 0.05 * b.abs().max()
+
+
+def test_bad_model_arguments_are_named():
+    with pytest.raises(ValueError, match="parameterization"):
+        MSODENet("affine")
+    with pytest.raises(ValueError, match="solver"):
+        MSODENet("bspline", solver="rk45")
+    with pytest.raises(ValueError, match="steps"):
+        MSODENet("bspline", steps=(1, 2))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    fixed, moving = blob_pair()
+    grads = []
+    for checkpointing in (False, True):
+        model = randomized(MSODENet("bspline"))
+        model.checkpointing = checkpointing
+        model.integrate(fixed, moving).square().sum().backward()
+        grads.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
+    assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------- export
+
+_FRESH = textwrap.dedent(
+    """
+    import sys
+    import torch
+    torch.ops.load_library(sys.argv[1])
+    assert "itk_odereg" not in sys.modules
+    module = torch.jit.load(sys.argv[2]) if sys.argv[2].endswith(".pt") else torch.export.load(sys.argv[2]).module()
+    fixed, moving = torch.load(sys.argv[3])
+    torch.save(module(fixed, moving), sys.argv[4])
+    assert not any(name.startswith("itk_odereg") for name in sys.modules)
+    """
+)
+
+
+def run_fresh(tmp_path, model_file, fixed, moving):
+    torch.save((fixed, moving), tmp_path / "inputs.pt")
+    script = tmp_path / "fresh.py"
+    script.write_text(_FRESH)
+    subprocess.run([sys.executable, str(script), ops.library_path(), str(model_file), str(tmp_path / "inputs.pt"),
+                    str(tmp_path / "out.pt")], check=True, cwd=tmp_path)
+    return torch.load(tmp_path / "out.pt")
+
+
+def test_torchscript_cascade_runs_in_a_fresh_process(tmp_path):
+    fixed, moving = blob_pair()
+    model = CascadeODENet(randomized(MSODENet("rigid"), 1), randomized(MSODENet("bspline"), 2)).eval()
+    with torch.no_grad():
+        expected = model(fixed, moving)
+    torch.jit.save(torch.jit.script(model), tmp_path / "model.pt")
+    out = run_fresh(tmp_path, tmp_path / "model.pt", fixed, moving)
+    assert expected.abs().max() > 0.1
+    assert torch.allclose(out, expected, atol=1e-5)
+
+
+def test_torch_export_program_runs_in_a_fresh_process(tmp_path):
+    fixed, moving = blob_pair()
+    model = randomized(MSODENet("bspline"), 3)
+    with torch.no_grad():
+        expected = model(fixed, moving)
+    program = torch.export.export(model, (fixed, moving))
+    torch.export.save(program, tmp_path / "model.pt2")
+    out = run_fresh(tmp_path, tmp_path / "model.pt2", fixed, moving)
+    assert torch.allclose(out, expected, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------- training
+
+
+@pytest.fixture(scope="module")
+def label_maps(tmp_path_factory):
+    """Three small 'subjects': nested ellipsoids with shifted centres, 2 mm voxels."""
+    folder = tmp_path_factory.mktemp("labels")
+    zz, yy, xx = np.meshgrid(*[np.arange(s, dtype=np.float32) for s in (40, 48, 40)], indexing="ij")
+    for k in range(1, 4):
+        c = np.array([20, 24, 20]) + np.array([k - 2, 1 - k, k % 2])
+        r = ((zz - c[0]) / 14) ** 2 + ((yy - c[1]) / 17) ** 2 + ((xx - c[2]) / 14) ** 2
+        labels = (r < 1).astype(np.int32) + (r < 0.5) + (r < 0.15) * 2 + ((xx - c[2]) > 0) * (r < 1)
+        image = sitk.GetImageFromArray(labels.astype(np.int32))
+        image.SetSpacing((2.0, 2.0, 2.0))
+        sitk.WriteImage(image, str(folder / f"subject{k:02d}.nii.gz"))
+    return folder
+
+
+def quick_settings(**kw):
+    return TrainSettings(**dict(dict(resolution_mm=8.0, iterations=3, checkpoint_every=2, train_subjects=(1, 2, 3),
+                                     threads=1), **kw))
+
+
+def losses(path):
+    return [json.loads(line)["loss"] for line in open(path.with_suffix(".log.jsonl"))]
+
+
+def test_training_writes_a_model_and_is_reproducible(label_maps, tmp_path):
+    for name in ("a", "b"):
+        train(label_maps, tmp_path / f"{name}.pt", quick_settings(), log=lambda s: None)
+    assert losses(tmp_path / "a.pt") == losses(tmp_path / "b.pt")
+    model, metadata = load_model(tmp_path / "a.pt")
+    assert metadata["resolution_mm"] == 8.0 and metadata["iterations"] == 3
+    assert model.parameterization == "bspline"
+    assert (tmp_path / "a.ckpt").exists()
+
+
+def test_training_resumes_from_its_checkpoint(label_maps, tmp_path):
+    train(label_maps, tmp_path / "full.pt", quick_settings(iterations=4), log=lambda s: None)
+    train(label_maps, tmp_path / "part.pt", quick_settings(iterations=2), log=lambda s: None)
+    lines = []
+    train(label_maps, tmp_path / "part.pt", quick_settings(iterations=4), log=lines.append)
+    assert any("resumed" in line and "iteration 2" in line for line in lines)
+    assert losses(tmp_path / "part.pt") == pytest.approx(losses(tmp_path / "full.pt"), rel=1e-5)
+
+
+def test_rigid_training_runs(label_maps, tmp_path):
+    train(label_maps, tmp_path / "rigid.pt", quick_settings(parameterization="rigid", iterations=2),
+          log=lambda s: None)
+    model, _ = load_model(tmp_path / "rigid.pt")
+    assert model.parameterization == "rigid"
+
+
+def test_training_names_missing_subjects(label_maps, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"subject\(s\) \[7\]"):
+        train(label_maps, tmp_path / "x.pt", quick_settings(train_subjects=(1, 7)), log=lambda s: None)
+
+
+def test_train_command_line(label_maps, tmp_path, capsys):
+    code = cli_main(["train", "--label-maps", str(label_maps), "--output", str(tmp_path / "m.pt"), "--resolution",
+                     "8", "--iterations", "2", "--subjects", "1", "2", "3", "--threads", "1"])
+    assert code == 0 and (tmp_path / "m.pt").exists()
+    assert cli_main(["train", "--label-maps", str(tmp_path / "nowhere"), "--output", str(tmp_path / "m2.pt")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------- shipped models
+
+needs_weights = pytest.mark.skipif(not all(weights_path(f).exists() for f in ("bspline.pt", "rigid.pt")),
+                                   reason="shipped weights are not in this checkout")
+
+
+@needs_weights
+@pytest.mark.parametrize("name", list(MODELS))
+def test_shipped_models_load(name):
+    module, resolution = load_pretrained(name)
+    assert resolution > 0 and not module.training
+    size = sum(weights_path(f).stat().st_size for f in MODELS[name])
+    assert size < 5 * 2**20
+
+
+def brain_like_pair():
+    """A smooth 'head' and a rotated, shifted copy on 2 mm grids (sitk images)."""
+    zz, yy, xx = np.meshgrid(*[np.linspace(-1, 1, s) for s in (48, 56, 48)], indexing="ij")
+    r = (zz / 0.8) ** 2 + (yy / 0.9) ** 2 + (xx / 0.75) ** 2
+    head = (r < 1) * (0.6 + 0.4 * np.cos(6 * xx) * np.cos(5 * yy)) + (r < 0.3) * 0.5
+    fixed = sitk.GetImageFromArray(head.astype(np.float32))
+    fixed.SetSpacing((2.0, 2.0, 2.0))
+    centre = fixed.TransformContinuousIndexToPhysicalPoint([23.5, 27.5, 23.5])
+    motion = sitk.Euler3DTransform(centre, math.radians(8), math.radians(-5), math.radians(6), (4.0, -3.0, 2.0))
+    moving = sitk.Resample(fixed, fixed, motion, sitk.sitkLinear, 0.0)
+    return fixed, moving
+
+
+@needs_weights
+@pytest.mark.parametrize("method", ["msodenet", "msodenet+nodeo"])
+def test_register_with_msodenet_matches_sitk_resample(method):
+    fixed, moving = brain_like_pair()
+    kw = {"iterations": (20, 10)} if method == "msodenet+nodeo" else {}
+    result = register(fixed, moving, method=method, affine=None, **kw)
+    theirs = sitk.GetArrayFromImage(sitk.Resample(moving, fixed, result.transform, sitk.sitkLinear, 0.0))
+    ours = sitk.GetArrayFromImage(result.warped)
+    assert np.abs(ours - theirs).max() < 1e-3 * np.abs(theirs).max()
+    assert result.folding_percent == 0.0
+    assert "msodenet" in result.timings
+
+
+@needs_weights
+def test_msodenet_rejects_2d_images():
+    fixed = sitk.GetImageFromArray(np.random.default_rng(0).random((32, 32)).astype(np.float32))
+    with pytest.raises(ValueError, match="3D"):
+        register(fixed, fixed, method="msodenet", affine=None)
+
+
+@needs_weights
+def test_export_command_writes_a_loadable_module(tmp_path):
+    fixed, moving = blob_pair()
+    assert cli_main(["export", "--model", "rigid+bspline", "-o", str(tmp_path / "m.pt")]) == 0
+    module, _ = load_pretrained("rigid+bspline")
+    with torch.no_grad():
+        expected = module(fixed, moving)
+    out = run_fresh(tmp_path, tmp_path / "m.pt", fixed, moving)
+    assert torch.allclose(out, expected, atol=1e-5)
+    assert cli_main(["export", "--model", "bspline", "-o", str(tmp_path / "m.txt")]) == 1
