@@ -157,6 +157,7 @@ def register(
     resolution_mm: Optional[float] = 2.0,
     nodeo: Optional[NODEOSettings] = None,
     affine_settings: Optional[AffineSettings] = None,
+    model: str = "rigid+bspline",
 ) -> RegistrationResult:
     """Register ``moving`` to ``fixed`` with NODEO after an affine pre-alignment.
 
@@ -181,6 +182,8 @@ def register(
             (None: the fixed image's own grid). Results are always on the fixed grid.
         nodeo: full :class:`NODEOSettings` (overrides ``metric``/``iterations``/``steps``/``seed``).
         affine_settings: full :class:`AffineSettings`.
+        model: the shipped MS-ODENet model for the ``msodenet`` methods: ``"rigid+bspline"``
+            (default), ``"bspline"`` or ``"rigid"``.
 
     Returns:
         :class:`RegistrationResult` in the caller's image type. Transforms map fixed
@@ -198,6 +201,11 @@ def register(
         raise ValueError(f'register(): invalid method "{method}". Must be one of {list(METHODS)}')
     if metric not in METRICS:
         raise ValueError(f'register(): invalid metric "{metric}". Must be one of {list(METRICS)}')
+    if method != "nodeo":
+        from ..msodenet.pretrained import MODELS
+
+        if model not in MODELS:
+            raise ValueError(f'register(): invalid model "{model}". Must be one of {list(MODELS)}')
     if affine not in AFFINE_MODES:
         raise ValueError(f'register(): invalid affine "{affine}". Must be one of {list(AFFINE_MODES)}')
     dev = _resolve_device(device)
@@ -211,6 +219,9 @@ def register(
             "both must have the same dimension"
         )
     ndim = fixed_in.grid.ndim
+    if method != "nodeo" and ndim != 3:
+        raise ValueError(f"register(): method '{method}' needs 3D images (the shipped MS-ODENet models are 3D); "
+                         f"got {ndim}D images: use method='nodeo'")
     fixed_grid, moving_grid = fixed_in.grid, moving_in.grid
     fixed_t = _normalize_intensity(fixed_in.tensor).to(dev)
     moving_t = _normalize_intensity(moving_in.tensor).to(dev)
@@ -257,7 +268,7 @@ def register(
         nodeo_settings = replace(nodeo_settings, iterations=tuple(iterations),
                                  levels=nodeo_settings.levels[-len(iterations):])
     deformable = _deformable_stage(method, fixed_w, moving_w, work_grid.spacing[::-1], nodeo_settings,
-                                   (lambda r: report("nodeo", r)) if report else None, timings)
+                                   (lambda r: report("nodeo", r)) if report else None, timings, model)
     elapsed = time.perf_counter() - t0
     if method == "msodenet":
         timings["msodenet"] = elapsed
@@ -316,13 +327,13 @@ def register(
     return result
 
 
-def _deformable_stage(method, fixed_w, moving_w, spacing_mm, nodeo_settings, progress, timings):
+def _deformable_stage(method, fixed_w, moving_w, spacing_mm, nodeo_settings, progress, timings, model):
     """Displacement (fixed to moving, voxels of the working grid) and its inverse from the chosen method."""
     if method == "nodeo":
         return nodeo_register(fixed_w, moving_w, spacing_mm, nodeo_settings, progress=progress)
     from ..msodenet.pretrained import msodenet_register
 
-    learned = msodenet_register(fixed_w, moving_w, spacing_mm)
+    learned = msodenet_register(fixed_w, moving_w, spacing_mm, model)
     timings["msodenet"] = learned.seconds
     if method == "msodenet":
         return learned
