@@ -2,7 +2,7 @@
 
 Run with:
 
-    python benchmarks/msodenet.py --label-maps ../shared/data/label_maps [--json out.json]
+    python benchmarks/msodenet.py --label-maps ../shared/data/label_maps --model-dir MODELS [--json out.json]
 
 Tasks (2 mm, box 160x192x160 mm, validation subjects only: 09 and 10 by default):
 
@@ -16,8 +16,9 @@ Tasks (2 mm, box 160x192x160 mm, validation subjects only: 09 and 10 by default)
 * ``bspline8``: likewise with a cubic B-spline deformation whose control
   points (20 mm apart) are displaced by N(0, (8 mm)^2) per coordinate.
 
-Methods: ``msodenet:R``, ``msodenet:B``, ``msodenet:R+B`` (the shipped models
-through ``register(method="msodenet", model=...)``), ``nodeo``,
+Methods: ``msodenet:R``, ``msodenet:B``, ``msodenet:R+B`` (trained models,
+``--model-dir`` with ``rigid.pt`` and ``bspline.pt``, through
+``register(method="msodenet", model=...)``), ``nodeo``,
 ``msodenet+nodeo`` (all with ``affine=None``), and ANTs (antspyx): SyN
 ("SyNOnly", CC or Mattes as in accuracy.py) on the deformable tasks, "Rigid"
 on ``rigid75``.
@@ -57,6 +58,9 @@ def _reset_peak() -> float:
     return accuracy._rss_mib()
 
 
+MODEL_DIR = Path(".")
+
+
 def run_method(method: str, fixed: sitk.Image, moving: sitk.Image, task: str, work: Path) -> tuple[sitk.Transform, dict]:
     """Register and return the fixed-to-moving transform and the cost."""
     rss0 = _reset_peak()
@@ -65,13 +69,15 @@ def run_method(method: str, fixed: sitk.Image, moving: sitk.Image, task: str, wo
     if method.startswith("msodenet:"):
         from itk_odereg import register
 
-        model = {"R": "rigid", "B": "bspline", "R+B": "rigid+bspline"}[method.split(":")[1]]
+        rigid, bspline = str(MODEL_DIR / "rigid.pt"), str(MODEL_DIR / "bspline.pt")
+        model = {"R": rigid, "B": bspline, "R+B": f"{rigid}+{bspline}"}[method.split(":")[1]]
         result = register(fixed, moving, method="msodenet", model=model, affine=None, resolution_mm=None)
         transform = result.transform
     elif method in ("nodeo", "msodenet+nodeo"):
         from itk_odereg import register
 
-        result = register(fixed, moving, method=method, metric=metric, affine=None, resolution_mm=None)
+        kw = {"model": f"{MODEL_DIR / 'rigid.pt'}+{MODEL_DIR / 'bspline.pt'}"} if method != "nodeo" else {}
+        result = register(fixed, moving, method=method, metric=metric, affine=None, resolution_mm=None, **kw)
         transform = result.transform
     elif method == "ants":
         import ants
@@ -147,6 +153,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--label-maps", required=True, type=Path, help="folder with subjectNN.nii.gz")
+    parser.add_argument("--model-dir", type=Path, required=True,
+                        help="folder with rigid.pt and bspline.pt written by `itk-odereg train`")
     parser.add_argument("--subjects", type=int, nargs=2, default=[9, 10], help="validation subjects (default 9 10)")
     parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma list of {', '.join(TASKS)}")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {', '.join(METHODS)}")
@@ -155,6 +163,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="write the records here")
     args = parser.parse_args(argv)
+    global MODEL_DIR
+    MODEL_DIR = args.model_dir
     import torch
 
     torch.set_num_threads(args.threads)

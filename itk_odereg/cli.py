@@ -128,9 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("-o", "--output", required=True, metavar="PREFIX",
                      help="output prefix, e.g. out/sub01_ (directory must exist)")
     reg.add_argument("--method", choices=["nodeo", "msodenet", "msodenet+nodeo"], default="nodeo",
-                     help="deformable stage: nodeo (per-pair neural-ODE optimization; default), msodenet (the "
-                          "shipped learned MS-ODENet models, rigid then B-spline, seconds on a CPU; 3D only), "
-                          "msodenet+nodeo (MS-ODENet first, then NODEO refines)")
+                     help="deformable stage: nodeo (per-pair neural-ODE optimization; default), msodenet (a "
+                          "trained MS-ODENet model, see --model; a few solver steps, 3D only), msodenet+nodeo "
+                          "(MS-ODENet first, then NODEO refines)")
+    reg.add_argument("--model", default="rigid+bspline", metavar="NAME|FILE",
+                     help="MS-ODENet model for the msodenet methods: a .pt file written by `itk-odereg train`, "
+                          "or a shipped name rigid+bspline (default), bspline, rigid (none ship yet)")
     reg.add_argument("--metric", choices=["lncc", "mse", "mi", "ngf"], default="lncc",
                      help="similarity: lncc (local NCC, same contrast; default), mse, "
                           "ngf (normalized gradient fields: different contrasts such as T1 to T2, recommended; "
@@ -196,15 +199,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     exp = sub.add_parser(
         "export", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
-        help="export a shipped MS-ODENet model to TorchScript or torch.export",
-        description="Write a shipped model as a TorchScript module (.pt) or a torch.export program (.pt2).\n"
+        help="export an MS-ODENet model to TorchScript or torch.export",
+        description="Write a trained model as a TorchScript module (.pt) or a torch.export program (.pt2).\n"
         "forward(fixed, moving) takes float tensors [1,1,D,H,W] on one grid (intensities in [0, 1]) and\n"
         "returns the displacement [1,3,D,H,W] in voxels (tensor axes z, y, x; fixed to moving:\n"
         "warp(moving, u) ~ fixed). Load it with torch.jit.load after\n"
         "torch.ops.load_library(itk_odereg.ops.library_path()); itk_odereg itself is not needed.",
     )
-    exp.add_argument("--model", choices=["bspline", "rigid", "rigid+bspline"], default="rigid+bspline",
-                     help="shipped model (default rigid+bspline)")
+    exp.add_argument("--model", default="rigid+bspline", metavar="NAME|FILE",
+                     help="a .pt file written by `itk-odereg train`, or a shipped name bspline, rigid, "
+                          "rigid+bspline (default; none ship yet)")
     exp.add_argument("-o", "--output", required=True, metavar="FILE", help="output file: .pt (TorchScript) or .pt2")
     exp.add_argument("--shape", type=int, nargs=3, default=None, metavar=("D", "H", "W"),
                      help="example input size for torch.export (.pt2; default: the model's training box)")
@@ -251,7 +255,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
         raise CLIError(f"the output directory does not exist: '{out_dir}'")
     if not args.output.endswith((".pt", ".pt2")):
         raise CLIError(f"--output must end in .pt (TorchScript) or .pt2 (torch.export), got '{args.output}'")
-    export_model(args.model, args.output, shape=args.shape)
+    try:
+        export_model(args.model, args.output, shape=args.shape)
+    except (FileNotFoundError, ValueError) as err:
+        raise CLIError(str(err)) from None
     sys.stderr.write(f"{PROG} export: wrote {args.output}\n")
     return 0
 
@@ -339,7 +346,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     try:
         result = register(
-            args.fixed, args.moving, method=args.method, metric=args.metric, affine=None if args.affine == "none" else args.affine,
+            args.fixed, args.moving, method=args.method, model=args.model, metric=args.metric, affine=None if args.affine == "none" else args.affine,
             device=args.device, iterations=tuple(args.iterations) if args.iterations else None, steps=args.steps,
             seed=args.seed, progress=not args.quiet, resolution_mm=args.resolution or None,
         )

@@ -23,10 +23,11 @@ DEFAULT_SHAPE = (81, 97, 81)  # the 160x192x160 mm training box at 2 mm
 
 
 def export_model(name: str, path: str | Path, shape: Optional[Sequence[int]] = None) -> str:
-    """Write shipped model ``name`` to ``path``: TorchScript for ``.pt``, torch.export for ``.pt2``.
+    """Write model ``name`` to ``path``: TorchScript for ``.pt``, torch.export for ``.pt2``.
 
     Args:
-        name: ``"bspline"``, ``"rigid"`` or ``"rigid+bspline"``.
+        name: ``"bspline"``, ``"rigid"`` or ``"rigid+bspline"`` (shipped), or a ``.pt``
+            model file written by ``itk-odereg train``.
         path: output file; written atomically.
         shape: example input size (D, H, W) for torch.export, which specializes
             the program to it (default 81x97x81). TorchScript takes any size.
@@ -40,6 +41,6 @@ def export_model(name: str, path: str | Path, shape: Optional[Sequence[int]] = N
         size = tuple(shape or DEFAULT_SHAPE)
         example = (torch.zeros(1, 1, *size), torch.zeros(1, 1, *size))
         program = torch.export.export(module, example)
-        return atomic_write(path, lambda tmp: torch.export.save(program, tmp), caller="export_model()")
+        return atomic_write(path, lambda tmp: torch.export.save(program, tmp), inputs=[name], caller="export_model()")
     scripted = torch.jit.script(module)
-    return atomic_write(path, lambda tmp: torch.jit.save(scripted, tmp), caller="export_model()")
+    return atomic_write(path, lambda tmp: torch.jit.save(scripted, tmp), inputs=[name], caller="export_model()")

@@ -1,4 +1,4 @@
-"""The MS-ODENet models shipped with the package, and registration with them.
+"""MS-ODENet models (shipped with the package, or trained model files) and registration with them.
 
 ``register(fixed, moving, method="msodenet")`` lands here after the affine
 stage: both images are on the working grid, and the model runs on a
@@ -33,26 +33,42 @@ def weights_path(name: str) -> Path:
 
 
 @lru_cache(maxsize=None)
-def _load(file: str) -> tuple[MSODENet, float]:
-    path = weights_path(file)
+def _load(path: Path) -> tuple[MSODENet, float]:
     if not path.is_file():
-        raise FileNotFoundError(f"msodenet: shipped model weights '{path}' are missing from this installation")
+        raise FileNotFoundError(
+            f"msodenet: model weights '{path}' are not in this installation. No trained MS-ODENet weights "
+            "ship with this version yet: train a model with `itk-odereg train --label-maps DIR --output "
+            "model.pt` and pass its path as the model (register(..., model='model.pt'), CLI --model)")
     model, metadata = load_model(path)
     return model, float(metadata.get("resolution_mm", 2.0))
 
 
+def is_model_name(model: str) -> bool:
+    """A shipped model name, the path of a model file written by ``itk-odereg train``, or
+    ``"RIGID.pt+DEFORMABLE.pt"`` for the cascade of two such files."""
+    model = str(model)
+    return model in MODELS or all(part.endswith(".pt") for part in model.split("+"))
+
+
 def load_pretrained(name: str = "rigid+bspline") -> tuple[torch.nn.Module, float]:
-    """A shipped model in eval mode and its working resolution (mm).
+    """A shipped model (or a trained model file) in eval mode and its working resolution (mm).
 
     Args:
-        name: ``"bspline"``, ``"rigid"`` or ``"rigid+bspline"`` (the cascade).
+        name: ``"bspline"``, ``"rigid"`` or ``"rigid+bspline"`` (the cascade of the
+            two), the path of a ``.pt`` file written by ``itk-odereg train``, or
+            ``"RIGID.pt+DEFORMABLE.pt"`` for the cascade of two such files.
 
     Returns:
         (module with ``forward(fixed, moving) -> displacement`` in voxels, resolution in mm).
     """
-    if name not in MODELS:
-        raise ValueError(f'msodenet: invalid model "{name}". Must be one of {list(MODELS)}')
-    loaded = [_load(f) for f in MODELS[name]]
+    if not is_model_name(name):
+        raise ValueError(f'msodenet: invalid model "{name}". Must be one of {list(MODELS)} or a .pt model file')
+    if name in MODELS:
+        loaded = [_load(weights_path(f)) for f in MODELS[name]]
+    else:
+        loaded = [_load(Path(part).resolve()) for part in str(name).split("+")]
+        if len(loaded) > 2:
+            raise ValueError(f'msodenet: model "{name}": a cascade is RIGID.pt+DEFORMABLE.pt (two files)')
     if len(loaded) == 1:
         return loaded[0]
     (rigid, res_r), (bspline, res_b) = loaded
@@ -84,7 +100,7 @@ def msodenet_register(fixed: torch.Tensor, moving: torch.Tensor, spacing_mm: Seq
     Args:
         fixed, moving: intensities normalized to about [0, 1], same 3D grid.
         spacing_mm: voxel spacing of that grid per tensor axis, mm.
-        model: shipped model name (see :data:`MODELS`).
+        model: shipped model name (see :data:`MODELS`) or a model file from ``itk-odereg train``.
 
     Returns:
         :class:`MSODENetResult` with u such that ``warp(moving, u) ~ fixed``.

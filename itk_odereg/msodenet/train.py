@@ -6,8 +6,10 @@ Every iteration draws, from the training subjects:
   random contrasts (the same one half of the time), the fixed copy deformed by
   a random known transformation theta~ (B-spline: control-point noise of SD
   ``perturbation_mm``; rigid: rotations up to ``max_rotation_deg`` and
-  translations up to ``max_translation_mm``). L_self = mean (theta_T - theta~)^2,
-  in units of the perturbation's size so that it is O(1);
+  translations up to ``max_translation_mm``). L_self = (theta_T - theta~)^2,
+  in units of the perturbation's size so that it is O(1): for rigid motions on
+  the 6 parameters (angles weighted by a brain radius), for B-splines on the
+  dense displacement inside the head;
 * an **inter-subject** pair with independent random contrasts:
   L_sim = the modality-independent similarity (``metric``, NGF by default)
   of fixed and warped moving, and L_reg = the diffusion energy of the map.
@@ -85,7 +87,16 @@ def _random_theta(model: MSODENet, shape, settings: TrainSettings, generator: to
     return torch.randn(theta.shape, generator=generator) * (settings.perturbation_mm / settings.resolution_mm)
 
 
-def _self_loss(model: MSODENet, predicted: torch.Tensor, target: torch.Tensor, settings: TrainSettings):
+def _self_loss(model: MSODENet, predicted: torch.Tensor, target: torch.Tensor, settings: TrainSettings,
+               mask: Optional[torch.Tensor] = None):
+    """||theta_T - theta~||^2 in units of the perturbation's size. For B-splines it is
+    measured on the dense field inside ``mask`` (the head): control points over
+    empty background move nothing visible, and their noise would swamp the signal."""
+    if model.parameterization == "bspline" and mask is not None:
+        shape = list(mask.shape[2:])
+        error = model.displacement(predicted, shape, shape) - model.displacement(target, shape, shape)
+        scale = settings.perturbation_mm / settings.resolution_mm
+        return (error.square().sum(1, keepdim=True) * mask).sum() / mask.sum().clamp_min(1) / scale**2
     if model.parameterization == "rigid":
         # Angles weighted by a brain radius (40 voxels) so that both parts are in voxels of motion.
         weights = torch.tensor([40.0] * 3 + [1.0] * 3, device=predicted.device)
@@ -138,7 +149,7 @@ def train(label_maps: str | Path, output: str | Path, settings: TrainSettings | 
         with torch.no_grad():
             fixed = ops.warp(twin, model.displacement(target, shape, shape), "zeros")
         predicted = model.integrate(fixed, moving)
-        loss_self = _self_loss(model, predicted, target, settings)
+        loss_self = _self_loss(model, predicted, target, settings, (labels[a] > 0).to(device)[None, None].float())
         # Unsupervised: an inter-subject pair with independent contrasts.
         fixed_b = random_contrast_image(labels[b], generator).to(device)
         moving_a = random_contrast_image(labels[a], generator).to(device)

@@ -165,8 +165,8 @@ def register(
         fixed: the reference image: ``SimpleITK.Image``, ``itk.Image`` or a file path (2D or 3D, scalar).
         moving: the image to align; any grid (spacing, origin, direction, size).
         method: ``"nodeo"`` (per-pair neural-ODE optimization, default), ``"msodenet"``
-            (the shipped learned MS-ODENet models, rigid then B-spline: a few solver
-            steps, 3D only) or ``"msodenet+nodeo"`` (MS-ODENet, then NODEO refines).
+            (a trained MS-ODENet model, see ``model``: a few solver steps, 3D only) or
+            ``"msodenet+nodeo"`` (MS-ODENet, then NODEO refines).
         metric: ``"lncc"`` (local NCC, same contrast, default), ``"mse"``, ``"ngf"``
             (normalized gradient fields: different contrasts, recommended; its affine
             stage uses mutual information) or ``"mi"`` (Mattes mutual information for
@@ -182,8 +182,10 @@ def register(
             (None: the fixed image's own grid). Results are always on the fixed grid.
         nodeo: full :class:`NODEOSettings` (overrides ``metric``/``iterations``/``steps``/``seed``).
         affine_settings: full :class:`AffineSettings`.
-        model: the shipped MS-ODENet model for the ``msodenet`` methods: ``"rigid+bspline"``
-            (default), ``"bspline"`` or ``"rigid"``.
+        model: the MS-ODENet model of the ``msodenet`` methods: the path of a ``.pt``
+            file written by ``itk-odereg train``, or a shipped model name (``"rigid+bspline"``,
+            the default, ``"bspline"``, ``"rigid"``; no trained weights ship yet, so these
+            currently stop with an error that says so).
 
     Returns:
         :class:`RegistrationResult` in the caller's image type. Transforms map fixed
@@ -202,10 +204,11 @@ def register(
     if metric not in METRICS:
         raise ValueError(f'register(): invalid metric "{metric}". Must be one of {list(METRICS)}')
     if method != "nodeo":
-        from ..msodenet.pretrained import MODELS
+        from ..msodenet.pretrained import MODELS, is_model_name
 
-        if model not in MODELS:
-            raise ValueError(f'register(): invalid model "{model}". Must be one of {list(MODELS)}')
+        if not is_model_name(model):
+            raise ValueError(f'register(): invalid model "{model}". Must be one of {list(MODELS)} '
+                             "or the path of a .pt file written by `itk-odereg train`")
     if affine not in AFFINE_MODES:
         raise ValueError(f'register(): invalid affine "{affine}". Must be one of {list(AFFINE_MODES)}')
     dev = _resolve_device(device)
