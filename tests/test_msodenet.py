@@ -321,3 +321,27 @@ def test_register_command_with_method_msodenet(model_files, tmp_path):
                      "--affine", "none", "--quiet"])
     assert code == 0
     assert (tmp_path / "out_Warped.nii.gz").exists() and (tmp_path / "out_1Warp.nii.gz").exists()
+
+
+def test_simpleitk_method_and_itk_filter_take_the_msodenet_method(model_files):
+    import itk
+
+    from itk_odereg import ODERegistrationFilter, ODERegistrationMethod
+
+    fixed, moving = brain_like_pair()
+    method = ODERegistrationMethod()
+    method.SetMethod("msodenet")
+    method.SetModel(str(model_files / "bspline.pt"))
+    method.SetAffine(None)
+    transform = method.Execute(fixed, moving)
+    reference = register(fixed, moving, method="msodenet", model=str(model_files / "bspline.pt"), affine=None)
+    warped = sitk.GetArrayFromImage(sitk.Resample(moving, fixed, transform, sitk.sitkLinear, 0.0))
+    assert np.abs(warped - sitk.GetArrayFromImage(reference.warped)).max() < 1e-4
+    with pytest.raises(ValueError, match='invalid method "syn"'):
+        method.SetMethod("syn")
+    f_itk = itk.image_from_array(sitk.GetArrayFromImage(fixed))
+    m_itk = itk.image_from_array(sitk.GetArrayFromImage(moving))
+    reg = ODERegistrationFilter.New(f_itk, m_itk, Method="msodenet", Model=str(model_files / "bspline.pt"),
+                                    Affine=None)
+    reg.Update()
+    assert reg.GetMethod() == "msodenet" and itk.array_from_image(reg.GetOutput()).shape == (40, 50, 44)

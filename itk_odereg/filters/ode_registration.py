@@ -35,6 +35,8 @@ __all__ = ["ODERegistrationFilter", "ode_registration_filter", "ODERegistrationM
 
 # Keyword (snake_case) name of every parameter, its ITK/SimpleITK name and default.
 _PARAMETERS: dict[str, tuple[str, Any]] = {
+    "method": ("Method", "nodeo"),
+    "model": ("Model", "rigid+bspline"),
     "metric": ("Metric", "lncc"),
     "affine": ("Affine", "affine"),
     "device": ("Device", "cpu"),
@@ -59,6 +61,24 @@ def _check_metric(value: Any, caller: str) -> str:
     if value not in METRICS:
         raise ValueError(f'{caller}: invalid metric "{value}". Must be one of {list(METRICS)}')
     return str(value)
+
+
+def _check_method(value: Any, caller: str) -> str:
+    from ..registration.driver import METHODS
+
+    if value not in METHODS:
+        raise ValueError(f'{caller}: invalid method "{value}". Must be one of {list(METHODS)}')
+    return str(value)
+
+
+def _check_model(value: Any, caller: str) -> str:
+    from ..msodenet.pretrained import MODELS, is_model_name
+
+    value = str(value)
+    if not is_model_name(value):
+        raise ValueError(f'{caller}: invalid model "{value}". Must be one of {list(MODELS)} or a .pt model file '
+                         "written by `itk-odereg train`")
+    return value
 
 
 def _check_affine(value: Any, caller: str) -> Optional[str]:
@@ -127,6 +147,8 @@ def _check_instance(value: Any, cls: type, name: str, caller: str) -> Any:
 
 
 _CHECKS = {
+    "method": _check_method,
+    "model": _check_model,
     "metric": _check_metric,
     "affine": _check_affine,
     "device": _check_device,
@@ -176,13 +198,33 @@ class _Parameters:
     def _register_kwargs(self) -> dict:
         p = self._params
         return dict(
-            metric=p["metric"], affine=p["affine"], device=p["device"], iterations=p["iterations"],
+            method=p["method"], model=p["model"], metric=p["metric"], affine=p["affine"], device=p["device"], iterations=p["iterations"],
             steps=p["steps"], seed=p["seed"], resolution_mm=p["resolution_mm"], progress=p["progress"],
             nodeo=p["nodeo_settings"], affine_settings=p["affine_settings"],
         )
 
     def _settings_lines(self) -> list[str]:
         return [f"{camel}: {self._params[key]!r}" for key, (camel, _) in _PARAMETERS.items()]
+
+    # -- method
+    def SetMethod(self, method: str) -> None:
+        """Deformable stage: ``"nodeo"`` (default), ``"msodenet"`` (a trained MS-ODENet model,
+        see :meth:`SetModel`; 3D) or ``"msodenet+nodeo"`` (MS-ODENet, then NODEO refines)."""
+        self._set("method", method)
+
+    def GetMethod(self) -> str:
+        """The deformable method."""
+        return self._params["method"]
+
+    # -- model
+    def SetModel(self, model: str) -> None:
+        """MS-ODENet model of the msodenet methods: a ``.pt`` file from ``itk-odereg train``
+        (or ``RIGID.pt+DEFORMABLE.pt``), or a shipped name (none ship yet)."""
+        self._set("model", model)
+
+    def GetModel(self) -> str:
+        """The MS-ODENet model."""
+        return self._params["model"]
 
     # -- metric
     def SetMetric(self, metric: str) -> None:
@@ -436,8 +478,9 @@ def _registration_kwargs(params: dict, py_filter: Any) -> dict:
             seen[0] += 1
             py_filter.UpdateProgress(min(0.999, seen[0] / total))
     return dict(
-        metric=p["metric"], affine=p["affine"], device=p["device"], iterations=p["iterations"],
-        steps=p["steps"], seed=p["seed"], resolution_mm=p["resolution_mm"], progress=progress,
+        method=p["method"], model=p["model"], metric=p["metric"], affine=p["affine"], device=p["device"],
+        iterations=p["iterations"], steps=p["steps"], seed=p["seed"], resolution_mm=p["resolution_mm"],
+        progress=progress,
         nodeo=p["nodeo_settings"], affine_settings=p["affine_settings"],
     )
 
