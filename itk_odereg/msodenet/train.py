@@ -53,6 +53,7 @@ class TrainSettings:
     lambda_reg: Optional[float] = None          # None: 2 (B-spline) or 0 (rigid)
     metric: str = "ngf"
     perturbation_mm: float = 8.0                # SD of the B-spline control-point noise
+    same_contrast_fraction: float = 0.5         # self-supervised pairs whose two copies share a contrast
     max_rotation_deg: float = 75.0
     max_translation_mm: float = 20.0
     train_subjects: tuple = tuple(range(1, 9))
@@ -144,7 +145,8 @@ def train(label_maps: str | Path, output: str | Path, settings: TrainSettings | 
         a, b = torch.randperm(len(paths), generator=generator)[:2].tolist()
         # Self-supervised: recover a known transformation of one subject.
         moving = random_contrast_image(labels[a], generator).to(device)
-        twin = moving if torch.rand((), generator=generator) < 0.5 else random_contrast_image(labels[a], generator).to(device)
+        same = torch.rand((), generator=generator) < settings.same_contrast_fraction
+        twin = moving if same else random_contrast_image(labels[a], generator).to(device)
         target = _random_theta(model, shape, settings, generator).to(device)
         with torch.no_grad():
             fixed = ops.warp(twin, model.displacement(target, shape, shape), "zeros")
