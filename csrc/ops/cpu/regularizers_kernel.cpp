@@ -137,27 +137,6 @@ void diffusion_grad_by_passes(const scalar_t* u, scalar_t* grad, int64_t fields,
   }
 }
 
-at::Tensor diffusion_energy_backward_by_passes(const at::Tensor& grad_output, const at::Tensor& u_in,
-                                               const OptionalSpacing& spacing) {
-  const char* op = "_diffusion_energy_backward";
-  const int64_t ndim = check_regularizer_input(u_in, op, 2);
-  check_scalar_grad(grad_output, u_in, op);
-  const at::Tensor u = u_in.contiguous();
-  at::Tensor grad = at::empty(u.sizes(), u.options());
-  dispatch_ndim(ndim, [&](auto nd) {
-    constexpr int NDIM = decltype(nd)::value;
-    const auto g = make_geometry<NDIM>(u.sizes().slice(2));
-    AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "itk_odereg::_diffusion_energy_backward", [&] {
-      const auto sc = make_spacing_scales<NDIM, scalar_t>(spacing, op);
-      const scalar_t scale = grad_output.item<scalar_t>() / static_cast<scalar_t>(u.size(0) * g.numel);
-      diffusion_grad_by_passes<NDIM, scalar_t>(u.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(), u.size(0) * NDIM, g,
-                                               sc.first, scale);
-    });
-    return 0;
-  });
-  return grad;
-}
-
 at::Tensor bending_energy_by_passes(const at::Tensor& u_in, const OptionalSpacing& spacing) {
   const char* op = "bending_energy";
   const int64_t ndim = check_regularizer_input(u_in, op, 3);
@@ -176,21 +155,29 @@ at::Tensor bending_energy_by_passes(const at::Tensor& u_in, const OptionalSpacin
   return result;
 }
 
-at::Tensor bending_energy_backward_by_passes(const at::Tensor& grad_output, const at::Tensor& u_in,
-                                             const OptionalSpacing& spacing) {
-  const char* op = "_bending_energy_backward";
-  const int64_t ndim = check_regularizer_input(u_in, op, 3);
+// Backward of the diffusion or bending energy: the scale of grad_output over the
+// mean's count, then the passes above on every batch element and channel.
+template <bool kBending>
+at::Tensor smoothness_backward_by_passes(const at::Tensor& grad_output, const at::Tensor& u_in,
+                                         const OptionalSpacing& spacing, const char* op) {
+  const int64_t ndim = check_regularizer_input(u_in, op, kBending ? 3 : 2);
   check_scalar_grad(grad_output, u_in, op);
   const at::Tensor u = u_in.contiguous();
   at::Tensor grad = at::empty(u.sizes(), u.options());
   dispatch_ndim(ndim, [&](auto nd) {
     constexpr int NDIM = decltype(nd)::value;
     const auto g = make_geometry<NDIM>(u.sizes().slice(2));
-    AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "itk_odereg::_bending_energy_backward", [&] {
+    AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "itk_odereg::smoothness_backward", [&] {
       const auto sc = make_spacing_scales<NDIM, scalar_t>(spacing, op);
       const scalar_t scale = grad_output.item<scalar_t>() / static_cast<scalar_t>(u.size(0) * g.numel);
-      bending_grad_by_passes<NDIM, scalar_t>(u.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(), u.size(0) * NDIM, g,
-                                             sc.second, scale);
+      const int64_t fields = u.size(0) * NDIM;
+      if constexpr (kBending) {
+        bending_grad_by_passes<NDIM, scalar_t>(u.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(), fields, g,
+                                               sc.second, scale);
+      } else {
+        diffusion_grad_by_passes<NDIM, scalar_t>(u.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(), fields, g,
+                                                 sc.first, scale);
+      }
     });
     return 0;
   });
@@ -320,13 +307,13 @@ at::Tensor diffusion_energy_cpu(const at::Tensor& u, OptionalSpacing spacing) {
   return energy_cpu<Energy::Diffusion>(u, spacing, 0.0, "diffusion_energy");
 }
 at::Tensor diffusion_energy_backward_cpu(const at::Tensor& go, const at::Tensor& u, OptionalSpacing spacing) {
-  return diffusion_energy_backward_by_passes(go, u, spacing);
+  return smoothness_backward_by_passes<false>(go, u, spacing, "_diffusion_energy_backward");
 }
 at::Tensor bending_energy_cpu(const at::Tensor& u, OptionalSpacing spacing) {
   return bending_energy_by_passes(u, spacing);
 }
 at::Tensor bending_energy_backward_cpu(const at::Tensor& go, const at::Tensor& u, OptionalSpacing spacing) {
-  return bending_energy_backward_by_passes(go, u, spacing);
+  return smoothness_backward_by_passes<true>(go, u, spacing, "_bending_energy_backward");
 }
 at::Tensor jacobian_penalty_cpu(const at::Tensor& u, double threshold) {
   return energy_cpu<Energy::JacobianPenalty>(u, c10::nullopt, threshold, "jacobian_penalty");
