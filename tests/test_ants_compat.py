@@ -14,7 +14,6 @@ import subprocess
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 
 ants = pytest.importorskip("ants")
 
@@ -25,28 +24,18 @@ CHEAP_AFFINE = AffineSettings(level_spacings_mm=(8.0,), rigid_iterations=(10,), 
 CHEAP = dict(iterations=(10, 5), resolution_mm=None, affine_settings=CHEAP_AFFINE)
 
 
-from synthetic_images import rot3 as _rot3, synthetic_image as _image  # noqa: E402
-
-
-CENTER = np.array([10.0, -20.0, 30.0])
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+from synthetic_images import (  # noqa: E402
+    assert_same_image,
+    inner_mask,
+    one_thread,  # noqa: F401  (autouse)
+    write_oblique_pair,
+)
 
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
     d = tmp_path_factory.mktemp("ants")
-    fixed = _image((26, 22, 18), (1.6, 2.0, 2.6), _rot3(0.2, -0.15, 0.3), CENTER)
-    moving = _image((24, 26, 20), (2.2, 1.8, 2.0), _rot3(-0.1, 0.2, -0.25), CENTER + [1.0, 1.0, 0.0], shift=(2.5, -1.5, 1.0))
-    paths = {"fixed": str(d / "fixed.nii.gz"), "moving": str(d / "moving.nii.gz")}
-    sitk.WriteImage(fixed, paths["fixed"])
-    sitk.WriteImage(moving, paths["moving"])
+    paths = write_oblique_pair(d)
     return {"dir": d, "paths": paths, "fixed": ants.image_read(paths["fixed"]), "moving": ants.image_read(paths["moving"]),
             "fixed_sitk": sitk.ReadImage(paths["fixed"]), "moving_sitk": sitk.ReadImage(paths["moving"])}
 
@@ -57,24 +46,9 @@ def syn(pair):
     return prefix, ants_registration(pair["fixed"], pair["moving"], "SyN", outprefix=prefix, **CHEAP)
 
 
-def _inner_mask(moving, fixed, transform, margin=1):
-    """Fixed voxels whose T(p) lies >= margin voxels inside the moving grid (via sitk)."""
-    arr = np.zeros(sitk.GetArrayViewFromImage(moving).shape, np.uint8)
-    arr[(slice(margin, -margin),) * moving.GetDimension()] = 1
-    inner = sitk.GetImageFromArray(arr)
-    inner.CopyInformation(moving)
-    return sitk.GetArrayFromImage(sitk.Resample(inner, fixed, transform, sitk.sitkNearestNeighbor, 0)) > 0
-
-
 def _assert_close(actual, expected, mask, rel=1e-4):
     # ants .numpy() is (x, y, z); the mask from sitk is (z, y, x)
-    actual = np.asarray(actual, np.float64).T
-    expected = np.asarray(expected, np.float64).T
-    tol = rel * float(np.abs(expected).max()) + 1e-5
-    diff = np.abs(actual - expected)
-    assert mask.mean() > 0.5
-    assert diff[mask].max() <= tol, f"max difference inside {diff[mask].max()} > {tol}"
-    assert (diff > tol).mean() < 0.01
+    assert_same_image(np.asarray(actual).T, np.asarray(expected).T, mask, rel)
 
 
 def _field_transform(path):
@@ -124,7 +98,7 @@ def test_apply_transforms_reproduces_warpedmovout(pair, syn):
     np.testing.assert_allclose(reg["warpedmovout"].spacing, pair["fixed"].spacing, rtol=1e-6)
     np.testing.assert_allclose(reg["warpedmovout"].direction, pair["fixed"].direction, atol=1e-6)
     transform = _files_composite(prefix + "0GenericAffine.mat", prefix + "1Warp.nii.gz")
-    mask = _inner_mask(pair["moving_sitk"], pair["fixed_sitk"], transform)
+    mask = inner_mask(pair["moving_sitk"], pair["fixed_sitk"], transform)
     _assert_close(reg["warpedmovout"].numpy(), out.numpy(), mask)
 
 
@@ -136,7 +110,7 @@ def test_apply_transforms_with_inverse_reproduces_warpedfixout(pair, syn):
     inverse_affine = sitk.ReadTransform(reg["invtransforms"][0]).GetInverse()
     inverse_warp = _field_transform(reg["invtransforms"][1])
     inverse = sitk.CompositeTransform([inverse_warp, inverse_affine])  # q -> W^-1(A^-1(q))
-    mask = _inner_mask(pair["fixed_sitk"], pair["moving_sitk"], inverse)
+    mask = inner_mask(pair["fixed_sitk"], pair["moving_sitk"], inverse)
     _assert_close(reg["warpedfixout"].numpy(), out.numpy(), mask)
 
 
@@ -201,7 +175,7 @@ def test_synonly_has_identity_affine(pair, tmp_path):
     np.testing.assert_allclose(affine.GetParameters(), [1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0], atol=1e-12)
     out = ants.apply_transforms(pair["fixed"], pair["moving"], reg["fwdtransforms"])
     transform = _files_composite(prefix + "0GenericAffine.mat", prefix + "1Warp.nii.gz")
-    mask = _inner_mask(pair["moving_sitk"], pair["fixed_sitk"], transform)
+    mask = inner_mask(pair["moving_sitk"], pair["fixed_sitk"], transform)
     _assert_close(sitk.GetArrayFromImage(reg["warpedmovout"]).T, out.numpy(), mask)
 
 

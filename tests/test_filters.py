@@ -14,7 +14,6 @@ import itk
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 
 from itk_odereg.filters import ODERegistrationFilter, ODERegistrationMethod, ode_registration_filter
 from itk_odereg.registration.affine import AffineSettings
@@ -24,61 +23,22 @@ CHEAP_AFFINE = AffineSettings(level_spacings_mm=(8.0,), rigid_iterations=(10,), 
 CHEAP = dict(iterations=(10, 5), resolution_mm=None, affine_settings=CHEAP_AFFINE)
 
 
-# ---------------------------------------------------------------------------- synthetic images
-
-
-from synthetic_images import rot3 as _rot3, synthetic_image  # noqa: E402
-
-
-CENTER = np.array([10.0, -20.0, 30.0])
-
-
-def oblique_pair():
-    fixed = synthetic_image((26, 22, 18), (1.6, 2.0, 2.6), _rot3(0.2, -0.15, 0.3), CENTER)
-    moving = synthetic_image((24, 26, 20), (2.2, 1.8, 2.0), _rot3(-0.1, 0.2, -0.25), CENTER + [1.0, 1.0, 0.0],
-                             shift=(2.5, -1.5, 1.0))
-    return fixed, moving
-
-
-def inner_mask(moving, fixed, transform, margin=1):
-    """Fixed voxels whose T(p) lies at least ``margin`` voxels inside the moving grid (computed by sitk)."""
-    ones = sitk.Image(moving.GetSize(), sitk.sitkUInt8)
-    ones.CopyInformation(moving)
-    arr = np.zeros(sitk.GetArrayViewFromImage(ones).shape, np.uint8)
-    arr[(slice(margin, -margin),) * moving.GetDimension()] = 1
-    inner = sitk.GetImageFromArray(arr)
-    inner.CopyInformation(moving)
-    return sitk.GetArrayFromImage(sitk.Resample(inner, fixed, transform, sitk.sitkNearestNeighbor, 0)) > 0
-
-
-def assert_same_image(actual, expected, mask, rel=1e-4):
-    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-    tol = rel * float(np.abs(expected).max()) + 1e-5
-    diff = np.abs(actual - expected)
-    assert mask.mean() > 0.5, "the test case should keep most voxels inside"
-    assert diff[mask].max() <= tol, f"max difference {diff[mask].max()} > {tol} inside"
-    assert (diff > tol).mean() < 0.01, "more than 1% of all voxels differ"
+from synthetic_images import (  # noqa: E402
+    CENTER,
+    assert_same_image,
+    inner_mask,
+    one_thread,  # noqa: F401  (autouse)
+    synthetic_image,
+    write_oblique_pair,
+)
 
 
 # ---------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny registrations run faster on one thread, and far faster on a busy 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
-    fixed, moving = oblique_pair()
-    d = tmp_path_factory.mktemp("filters")
-    paths = {"fixed": str(d / "fixed.nii.gz"), "moving": str(d / "moving.nii.gz")}
-    sitk.WriteImage(fixed, paths["fixed"])
-    sitk.WriteImage(moving, paths["moving"])
+    paths = write_oblique_pair(tmp_path_factory.mktemp("filters"))
     # The files hold float32 and the geometry to ~1e-7: use what was read back everywhere.
     return {"fixed": sitk.ReadImage(paths["fixed"]), "moving": sitk.ReadImage(paths["moving"]),
             "fixed_path": paths["fixed"], "moving_path": paths["moving"]}

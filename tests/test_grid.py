@@ -10,18 +10,7 @@ import SimpleITK as sitk
 import torch
 
 from itk_odereg.core import ALIGN_CORNERS, Axes, ImageGrid
-
-
-def _rotation(ax: float, ay: float, az: float) -> np.ndarray:
-    cx, sx, cy, sy, cz, sz = np.cos(ax), np.sin(ax), np.cos(ay), np.sin(ay), np.cos(az), np.sin(az)
-    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
-    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
-    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
-    return rz @ ry @ rx
-
-
-def _rotation2d(a: float) -> np.ndarray:
-    return np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+from synthetic_images import rot2 as _rotation2d, rot3 as _rotation
 
 
 GEOMETRIES = {

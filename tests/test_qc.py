@@ -15,17 +15,11 @@ pytest.importorskip("matplotlib")
 
 from itk_odereg.core import ImageGrid  # noqa: E402
 from itk_odereg.qc import qc_figure, slice_planes  # noqa: E402
+from synthetic_images import rot3 as _rot3  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def _rot3(ax, ay, az):
-    cx, sx, cy, sy, cz, sz = np.cos(ax), np.sin(ax), np.cos(ay), np.sin(ay), np.cos(az), np.sin(az)
-    return (
-        np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
-        @ np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
-        @ np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
-    )
 
 
 def _image(grid: ImageGrid, shift=0.0):

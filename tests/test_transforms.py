@@ -40,22 +40,14 @@ from itk_odereg.transforms import (
     write_composite_h5,
     write_transform,
 )
+from synthetic_images import rot2 as _rot2, rot3 as _rot3
 
 
 # ---------------------------------------------------------------------------- fixtures
 
 
-def _rot3(ax, ay, az):
-    cx, sx, cy, sy, cz, sz = np.cos(ax), np.sin(ax), np.cos(ay), np.sin(ay), np.cos(az), np.sin(az)
-    return (
-        np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
-        @ np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
-        @ np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
-    )
 
 
-def _rot2(a):
-    return np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
 
 
 def _grid_around(center, size, spacing, direction):
