@@ -58,5 +58,20 @@ inline void check_bspline_backward_args(const at::Tensor& grad_output, c10::IntA
               " (expected ", c10::IntArrayRef(expected), ")");
 }
 
+// A separable pass along tensor dim `dim` views a contiguous tensor as
+// [outer, length, inner]; the pass changes `length` from in_len to out_len.
+struct PassLayout {
+  std::vector<int64_t> out_sizes;
+  int64_t in_len, outer, inner;
+};
+
+inline PassLayout pass_layout(const at::Tensor& src, int64_t dim, int64_t out_len) {
+  PassLayout layout{std::vector<int64_t>(src.sizes().begin(), src.sizes().end()), src.size(dim), 1, 1};
+  layout.out_sizes[dim] = out_len;
+  for (int64_t d = 0; d < dim; ++d) layout.outer *= layout.out_sizes[d];
+  for (int64_t d = dim + 1; d < static_cast<int64_t>(layout.out_sizes.size()); ++d) layout.inner *= layout.out_sizes[d];
+  return layout;
+}
+
 }  // namespace ops
 }  // namespace itk_odereg

@@ -41,13 +41,9 @@ ODEREG_SIMD_CLONES void bspline_row(scalar_t* __restrict__ dst, const scalar_t* 
 
 // One separable pass along `dim` (a tensor dim >= 2): control length -> dense length.
 at::Tensor bspline_pass_cpu(const at::Tensor& src, int64_t dim, int64_t out_len, int64_t spacing) {
-  std::vector<int64_t> out_sizes(src.sizes().begin(), src.sizes().end());
-  const int64_t in_len = out_sizes[dim];
-  out_sizes[dim] = out_len;
-  at::Tensor dst = at::empty(out_sizes, src.options());
-  int64_t outer = 1, inner = 1;
-  for (int64_t d = 0; d < dim; ++d) outer *= out_sizes[d];
-  for (int64_t d = dim + 1; d < static_cast<int64_t>(out_sizes.size()); ++d) inner *= out_sizes[d];
+  const PassLayout layout = pass_layout(src, dim, out_len);
+  const int64_t in_len = layout.in_len, outer = layout.outer, inner = layout.inner;
+  at::Tensor dst = at::empty(layout.out_sizes, src.options());
   AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "itk_odereg::bspline_pass", [&] {
     const scalar_t* s = src.data_ptr<scalar_t>();
     scalar_t* o = dst.data_ptr<scalar_t>();
@@ -111,14 +107,10 @@ ODEREG_SIMD_CLONES void bspline_adjoint_lines(const scalar_t* src_o, scalar_t* d
 }
 
 at::Tensor bspline_adjoint_pass_cpu(const at::Tensor& src, int64_t dim, int64_t out_len, int64_t spacing) {
-  std::vector<int64_t> out_sizes(src.sizes().begin(), src.sizes().end());
-  const int64_t in_len = out_sizes[dim];
-  out_sizes[dim] = out_len;
+  const PassLayout layout = pass_layout(src, dim, out_len);
+  const int64_t in_len = layout.in_len, outer = layout.outer, inner = layout.inner;
   // Every control row is stored exactly once (the last dense cell feeds rows up to out_len - 1).
-  at::Tensor dst = at::empty(out_sizes, src.options());
-  int64_t outer = 1, inner = 1;
-  for (int64_t d = 0; d < dim; ++d) outer *= out_sizes[d];
-  for (int64_t d = dim + 1; d < static_cast<int64_t>(out_sizes.size()); ++d) inner *= out_sizes[d];
+  at::Tensor dst = at::empty(layout.out_sizes, src.options());
   TORCH_INTERNAL_ASSERT((in_len - 1) / spacing + 4 == out_len, "itk_odereg::_bspline_to_dense_backward: grid size");
   // Column blocks: long enough for the prefetcher to stream each row segment
   // (several pages), short enough that a task's control rows stay in L2.

@@ -30,13 +30,9 @@ __global__ void bspline_pass_kernel(const scalar_t* __restrict__ src, scalar_t* 
 }
 
 at::Tensor bspline_pass_cuda(const at::Tensor& src, int64_t dim, int64_t out_len, int64_t spacing, bool adjoint) {
-  std::vector<int64_t> out_sizes(src.sizes().begin(), src.sizes().end());
-  const int64_t in_len = out_sizes[dim];
-  out_sizes[dim] = out_len;
-  at::Tensor dst = at::empty(out_sizes, src.options());
-  int64_t outer = 1, inner = 1;
-  for (int64_t d = 0; d < dim; ++d) outer *= out_sizes[d];
-  for (int64_t d = dim + 1; d < static_cast<int64_t>(out_sizes.size()); ++d) inner *= out_sizes[d];
+  const PassLayout layout = pass_layout(src, dim, out_len);
+  const int64_t in_len = layout.in_len, outer = layout.outer, inner = layout.inner;
+  at::Tensor dst = at::empty(layout.out_sizes, src.options());
   if (dst.numel() == 0) return dst;
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "itk_odereg::bspline_pass_cuda", [&] {
