@@ -19,7 +19,8 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from .. import ops
-from ..losses import make_metric
+from ..losses import MILoss, make_metric
+from ..losses.functional import _robust_range
 from ..ode.flow import NeuralODEFlow, invert_displacement
 from ..ode.velocity import VelocityNetwork
 from .pyramid import downsample_image, pyramid_level, resample_to_shape
@@ -111,22 +112,17 @@ def _flow_level(level, control_spacing_mm: float):
     return pyramid_level(level.shape, level.spacing_mm, factor)
 
 
-def _metric_options(settings: "NODEOSettings", fixed: torch.Tensor, moving: torch.Tensor) -> dict:
-    """Mutual information gets its intensity ranges from the unwarped images, once
+def _fix_intensity_ranges(metric: torch.nn.Module, fixed: torch.Tensor, moving: torch.Tensor) -> None:
+    """Mutual information takes its intensity ranges from the unwarped images, once
     (as ITK's Mattes metric does): ranges recomputed from the warped image every
-    iteration move the histogram bins under the optimizer."""
-    options = dict(settings.metric_options)
-    if settings.metric == "mi":
-        percentiles = tuple(options.get("percentiles", (0.5, 99.5)))
-        for name, image in (("fixed_range", fixed), ("moving_range", moving)):
-            if options.get(name) is None:
-                values = image.detach().reshape(-1).float()
-                if values.numel() > 1 << 22:
-                    values = values[:: values.numel() // (1 << 22) + 1]
-                q = torch.quantile(values, torch.tensor([percentiles[0] / 100, percentiles[1] / 100]))
-                low, high = float(q[0]), float(q[1])
-                options[name] = (low, high if high > low else low + 1.0)
-    return options
+    iteration move the histogram bins under the optimizer. The ranges are the
+    metric's own robust percentiles."""
+    if not isinstance(metric, MILoss):
+        return
+    for name, image in (("fixed_range", fixed), ("moving_range", moving)):
+        if getattr(metric, name) is None:
+            low, high = _robust_range(image.reshape(-1), metric.percentiles)
+            setattr(metric, name, (low, high if high > low else low + 1.0))
 
 
 def nodeo_register(
@@ -163,7 +159,8 @@ def nodeo_register(
     velocity = VelocityNetwork(control_shape, control_spacing, smoothing_mm, settings.hidden_channels)
     velocity = velocity.to(device=fixed.device, dtype=fixed.dtype)
     flow = NeuralODEFlow(velocity, settings.steps, settings.method, settings.adjoint)
-    metric = make_metric(settings.metric, **_metric_options(settings, fixed, moving))
+    metric = make_metric(settings.metric, **settings.metric_options)
+    _fix_intensity_ranges(metric, fixed, moving)
     # Adam's step is about the learning rate in parameter units: mm for the
     # coarse velocity. The state network's weights get a smaller one.
     groups = [{"params": [velocity.coarse_velocity], "lr": settings.learning_rate_mm}]
