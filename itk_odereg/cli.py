@@ -229,11 +229,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     out_dir = os.path.dirname(os.path.abspath(args.output))
     if not os.path.isdir(out_dir):
         raise CLIError(f"the output directory does not exist: '{out_dir}'")
-    if args.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise CLIError("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
     settings = TrainSettings(parameterization=args.parameterization, resolution_mm=args.resolution,
                              iterations=args.iterations, learning_rate=args.learning_rate, metric=args.metric,
                              train_subjects=tuple(args.subjects), seed=args.seed, threads=args.threads,
@@ -247,7 +242,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .io_utils import atomic_write
     from .msodenet.export import export_model
 
     out_dir = os.path.dirname(os.path.abspath(args.output))

@@ -215,6 +215,16 @@ def test_training_names_missing_subjects(label_maps, tmp_path):
         train(label_maps, tmp_path / "x.pt", quick_settings(train_subjects=(1, 7)), log=lambda s: None)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on machines without CUDA")
+def test_training_on_a_missing_cuda_device_is_named(label_maps, tmp_path, capsys):
+    with pytest.raises(RuntimeError, match=r"train\(\): device 'cuda' was requested"):
+        train(label_maps, tmp_path / "x.pt", quick_settings(device="cuda"), log=lambda s: None)
+    assert cli_main(["train", "--label-maps", str(label_maps), "--output", str(tmp_path / "y.pt"), "--device",
+                     "cuda"]) == 1
+    assert "torch.cuda.is_available() is False" in capsys.readouterr().err
+    assert not (tmp_path / "x.pt").exists() and not (tmp_path / "y.pt").exists()
+
+
 def test_train_command_line(label_maps, tmp_path, capsys):
     code = cli_main(["train", "--label-maps", str(label_maps), "--output", str(tmp_path / "m.pt"), "--resolution",
                      "8", "--iterations", "2", "--subjects", "1", "2", "3", "--threads", "1"])

@@ -113,7 +113,10 @@ def train(label_maps: str | Path, output: str | Path, settings: TrainSettings | 
     Checkpoints go to ``<output>.ckpt``; a run with ``resume`` continues from it.
     A JSON-lines log of the losses goes to ``<output>.log.jsonl``.
     """
+    from ..registration.driver import _resolve_device
+
     settings = settings or TrainSettings()
+    device = _resolve_device(settings.device, "train()")
     output = Path(output)
     if settings.threads:
         torch.set_num_threads(settings.threads)
@@ -123,7 +126,6 @@ def train(label_maps: str | Path, output: str | Path, settings: TrainSettings | 
     log(f"train: {len(paths)} subjects at {settings.resolution_mm:g} mm, {settings.parameterization} model")
     labels = prepare_label_maps(paths, settings.resolution_mm, output.with_suffix(".labels.pt"), log=log)
     shape = list(labels.shape[1:])
-    device = torch.device(settings.device)
     model = build_model(settings).to(device)
     model.checkpointing = True
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)

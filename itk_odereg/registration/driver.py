@@ -92,15 +92,15 @@ def _normalize_intensity(image: torch.Tensor) -> torch.Tensor:
     return (image - float(lo)) / scale
 
 
-def _resolve_device(device: str | torch.device | None) -> torch.device:
+def _resolve_device(device: str | torch.device | None, caller: str = "register()") -> torch.device:
     device = torch.device(device or "cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(
-            f"register(): device '{device}' was requested but torch.cuda.is_available() is False "
+            f"{caller}: device '{device}' was requested but torch.cuda.is_available() is False "
             "(no CUDA device, or a CPU-only torch). Use device='cpu'."
         )
     if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"register(): 'device' must be 'cpu' or 'cuda', got '{device}'")
+        raise ValueError(f"{caller}: 'device' must be 'cpu' or 'cuda', got '{device}'")
     return device
 
 
