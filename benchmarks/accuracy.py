@@ -193,26 +193,27 @@ def prepare(label_dir: Path, work: Path, moving: int, fixed: int, task: str, res
 # ============================================================================ workers (one per subprocess)
 
 
-def _rss_mib() -> float:
+def _proc_status_mib(key: str) -> "float | None":
+    """A memory line of /proc/self/status (``VmRSS``, ``VmHWM``) in MiB; None off Linux."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) / 1024.0
     except OSError:
         pass
-    return float("nan")
+    return None
+
+
+def _rss_mib() -> float:
+    value = _proc_status_mib("VmRSS")
+    return float("nan") if value is None else value
 
 
 def _peak_mib() -> float:
     """Peak resident set of this process (VmHWM). Not ru_maxrss: Linux carries ru_maxrss over
     fork + exec, so a worker would report its parent's resident set when that is larger."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0   # KiB on Linux
+    value = _proc_status_mib("VmHWM")
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0 if value is None else value   # KiB on Linux
 
 
 def _cpu_seconds() -> float:
@@ -542,7 +543,6 @@ def run_profile(args, pair_dir: Path) -> None:
         result = register(fixed, moving, affine=None, metric="lncc", resolution_mm=None, nodeo=settings,
                           progress=progress)
         prof_wall = time.perf_counter() - t0
-    wall = prof_wall
     print(f"profiled register(): {prof_wall:.1f} s (profiler overhead included); stages: " +
           ", ".join(f"{k} {v:.2f} s" for k, v in result.timings.items()))
     last = {"t": t0}
