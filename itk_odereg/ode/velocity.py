@@ -39,7 +39,6 @@ def gaussian_smooth(field: torch.Tensor, sigma_voxels: Sequence[float]) -> torch
         sigma_voxels: standard deviation per spatial axis (tensor order), in voxels;
             0 leaves that axis untouched.
     """
-    ndim = field.dim() - 2
     out = field
     for axis, sigma in enumerate(sigma_voxels):
         size = field.shape[2 + axis]

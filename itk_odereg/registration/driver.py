@@ -19,7 +19,6 @@ returned transforms.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Optional
