@@ -23,7 +23,7 @@ op library.
 from __future__ import annotations
 
 import math
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -34,6 +34,7 @@ __all__ = ["MSODENet", "CascadeODENet", "rigid_displacement", "PARAMETERIZATIONS
 PARAMETERIZATIONS = ("rigid", "bspline")
 SOLVERS = ("euler", "adaptive_heun")
 LEVEL_FACTORS = (4, 2, 1)
+DEFAULT_FORCE_GAIN = {"bspline": 4.0, "rigid": 60.0}
 
 
 def level_shape(shape: List[int], factor: int) -> List[int]:
@@ -92,49 +93,179 @@ def _conv(cin: int, cout: int, stride: int) -> nn.Module:
     return nn.Sequential(nn.Conv3d(cin, cout, 3, stride=stride, padding=1), nn.LeakyReLU(0.2))
 
 
-class RigidVelocity(nn.Module):
-    """f_l for rigid parameters: strided convolutions, global pooling, two fully connected layers -> 6 rates.
+def _central_gradient(image: torch.Tensor) -> torch.Tensor:
+    """[1, 3, *S] central differences (voxel units, one-sided at the faces) of [1, 1, *S]."""
+    padded = F.pad(image, (1, 1, 1, 1, 1, 1), mode="replicate")
+    d0 = padded[:, :, 2:, 1:-1, 1:-1] - padded[:, :, :-2, 1:-1, 1:-1]
+    d1 = padded[:, :, 1:-1, 2:, 1:-1] - padded[:, :, 1:-1, :-2, 1:-1]
+    d2 = padded[:, :, 1:-1, 1:-1, 2:] - padded[:, :, 1:-1, 1:-1, :-2]
+    return 0.5 * torch.cat([d0, d1, d2], 1)
 
-    Input channels: warped moving, fixed and t (a constant image). Output
-    [1, 6]: d(angles)/dt in radians and d(translation)/dt in finest-grid voxels.
+
+FEATURE_CHANNELS = 18
+MAPPED_FORCE = 15  # first of the three channels of the intensity-mapped demons force
+
+
+def registration_features(warped: torch.Tensor, fixed: torch.Tensor, t: float,
+                          edge_epsilon: float = 0.05, bins: int = 32) -> torch.Tensor:
+    """The network inputs at one ODE step, [1, FEATURE_CHANNELS, *S].
+
+    Besides the two images and t (the paper's inputs), the cues a classical
+    optimizer's gradient is built from, so that the convolutions need not
+    learn products of their inputs:
+
+    * n_w, n_f: the normalized gradient fields of warped and fixed (contrast
+      independent up to sign) and their alignment n_w . n_f (what NGF measures);
+    * (f - w) n_w: the optical-flow (demons) force, right for same-contrast pairs;
+    * f^ = E[w | f]: the fixed image in the warped image's contrast (the mean of
+      w over the voxels of each fixed-intensity bin, ``bins`` of them), and the
+      demons force with it, (f^ - w) n_w: it points the same way for any
+      contrast (intensity-mapping demons) and equals the plain one when the
+      contrasts agree;
+    * |n_w|^2: where warped has edges.
+
+    Channel order: w, f, t/3, n_w (3), n_f (3), n_w . n_f, (f - w) n_w (3),
+    f^, |n_w|^2, (f^ - w) n_w (3); vectors in tensor axis order. ``edge_epsilon``
+    is the gradient magnitude (intensity per voxel, images in [0, 1]) below
+    which an edge fades out.
+    """
+    g_w, g_f = _central_gradient(warped), _central_gradient(fixed)
+    n_w = g_w / torch.sqrt(g_w.square().sum(1, keepdim=True) + edge_epsilon**2)
+    n_f = g_f / torch.sqrt(g_f.square().sum(1, keepdim=True) + edge_epsilon**2)
+    alignment = (n_w * n_f).sum(1, keepdim=True)
+    mapped = conditional_mean(warped, fixed, bins)
+    # |n_w|^2, not |n_w|: the square root's derivative is infinite on flat (all-zero) regions.
+    edges = n_w.square().sum(1, keepdim=True)
+    return torch.cat([warped, fixed, torch.full_like(fixed, t / 3.0), n_w, n_f, alignment, (fixed - warped) * n_w,
+                      mapped, edges, (mapped - warped) * n_w], 1)
+
+
+def conditional_mean(values: torch.Tensor, given: torch.Tensor, bins: int = 32) -> torch.Tensor:
+    """E[values | given] per voxel: the mean of ``values`` over the voxels whose ``given``
+    (in [0, 1]) falls in the same of ``bins`` equal bins. Not differentiated through
+    (a feature, as a classical optimizer's force is)."""
+    with torch.no_grad():
+        index = (given.clamp(0.0, 1.0) * (bins - 1)).round().long().reshape(-1)
+        flat = values.reshape(-1)
+        sums = torch.zeros(bins, dtype=values.dtype, device=values.device).index_add_(0, index, flat)
+        counts = torch.zeros(bins, dtype=values.dtype, device=values.device).index_add_(
+            0, index, torch.ones_like(flat))
+        means = sums / counts.clamp_min(1.0)
+        return means[index].reshape(values.shape)
+
+
+def _coordinates(like: torch.Tensor) -> torch.Tensor:
+    """[1, 3, *S] voxel positions scaled to [-1, 1] per axis (tensor order)."""
+    axes = [torch.linspace(-1.0, 1.0, s, dtype=like.dtype, device=like.device) for s in like.shape[2:]]
+    grid = torch.meshgrid(axes[0], axes[1], axes[2], indexing="ij")
+    return torch.stack([grid[0], grid[1], grid[2]])[None]
+
+
+def rigid_force_fit(force: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """[1, 6] least-squares rigid motion (small angles in radians about tensor axes 0, 1, 2,
+    translation in voxels) of a displacement-like field ``force`` [1, 3, *S], weighted by
+    ``weight`` [1, 1, *S]: minimizes sum weight * |v + omega x r - force|^2, r about the
+    weighted centre."""
+    w = weight.reshape(-1)
+    total = w.sum().clamp_min(1e-6)
+    axes = [torch.arange(s, dtype=force.dtype, device=force.device) for s in force.shape[2:]]
+    grid = torch.meshgrid(axes[0], axes[1], axes[2], indexing="ij")
+    r = torch.stack([grid[0].reshape(-1), grid[1].reshape(-1), grid[2].reshape(-1)], 1)  # [N, 3]
+    r = r - (w[:, None] * r).sum(0) / total
+    f = force.reshape(3, -1).t()
+    v = (w[:, None] * f).sum(0) / total
+    torque = (w[:, None] * torch.linalg.cross(r, f - v)).sum(0)
+    rr = (w * (r * r).sum(1)).sum()
+    inertia = rr * torch.eye(3, dtype=force.dtype, device=force.device) - (w[:, None] * r).t() @ r
+    # The damping keeps the system regular where no edge is in view (all weights zero).
+    omega = torch.linalg.solve(inertia + (1e-6 * rr + 1e-3) * torch.eye(3, dtype=force.dtype, device=force.device),
+                               torque[:, None])[:, 0]
+    return torch.cat([omega, v])[None]
+
+
+class RigidVelocity(nn.Module):
+    """f_l for rigid parameters: strided convolutions, pooling, two fully connected layers -> 6 rates.
+
+    Input: :func:`registration_features` and the voxel coordinates, so that
+    the pooled features carry moments (where the edges are, not only what
+    they look like), which rotations and translations are read from. The
+    features are pooled onto a 2x2x2 grid rather than globally, for the same
+    reason. Output [1, 6]: d(angles)/dt in radians and d(translation)/dt in
+    finest-grid voxels.
+
+    As for :class:`BSplineVelocity`, a learned linear term on the classical
+    force comes first: ``force_gain`` times the rigid least-squares fit
+    (:func:`rigid_force_fit`) of the mapped demons force, with a learned gain
+    per parameter, so that an untrained model is a rigid demons optimizer.
     """
 
-    def __init__(self, width: int = 16, translation_scale: float = 10.0) -> None:
+    def __init__(self, width: int = 16, translation_scale: float = 10.0, factor: int = 1,
+                 force_gain: float = 1.0) -> None:
         super().__init__()
-        self.encoder = nn.Sequential(_conv(3, width, 2), _conv(width, 2 * width, 2), _conv(2 * width, 2 * width, 2))
-        self.head = nn.Sequential(nn.Linear(2 * width, 32), nn.LeakyReLU(0.2), nn.Linear(32, 6))
+        self.encoder = nn.Sequential(_conv(FEATURE_CHANNELS + 3, width, 2), _conv(width, 2 * width, 2),
+                                     _conv(2 * width, 2 * width, 2))
+        self.head = nn.Sequential(nn.Linear(16 * width, 64), nn.LeakyReLU(0.2), nn.Linear(64, 6))
         nn.init.zeros_(self.head[2].weight)
         nn.init.zeros_(self.head[2].bias)
         self.register_buffer("output_scale", torch.tensor([0.5, 0.5, 0.5] + [translation_scale] * 3))
+        self.force_channel = MAPPED_FORCE
+        # Fitted angles are level independent; translations are in this level's voxels.
+        self.force_gain = nn.Parameter(torch.tensor([force_gain] * 3 + [force_gain * factor] * 3))
 
     def forward(self, warped: torch.Tensor, fixed: torch.Tensor, t: float, theta_shape: List[int]) -> torch.Tensor:
-        x = torch.cat([warped, fixed, torch.full_like(fixed, t / 3.0)], 1)
-        features = self.encoder(x).mean(dim=(2, 3, 4))
-        return self.head(features) * self.output_scale
+        features = registration_features(warped, fixed, t)
+        scale = 1.0
+        if max(fixed.shape[2:]) > 64:
+            # Six parameters need no fine detail: halve large levels (cost, and the fit's sums).
+            features = F.avg_pool3d(features, 2)
+            scale = 2.0
+        k = self.force_channel
+        fitted = rigid_force_fit(features[:, k:k + 3], features[:, k - 1:k])
+        # Translations fitted on the halved grid are in its voxels.
+        fitted = fitted * torch.tensor([1.0, 1.0, 1.0, scale, scale, scale], dtype=fitted.dtype, device=fitted.device)
+        x = torch.cat([features, _coordinates(features)], 1)
+        pooled = F.adaptive_avg_pool3d(self.encoder(x), 2).reshape(1, -1)
+        return self.head(pooled) * self.output_scale + self.force_gain * fitted
 
 
 class BSplineVelocity(nn.Module):
     """f_l for a cubic B-spline control grid: convolutions down to about the control
     resolution (``downsample`` stride-2 layers), then resampled to the grid's shape.
 
-    Output [1, 3, *G]: d(control displacement)/dt in finest-grid voxels.
+    Input: :func:`registration_features`. Output [1, 3, *G]: d(control
+    displacement)/dt in finest-grid voxels.
+
+    The rate is a linear map of the (pooled) features plus a convolutional
+    network's correction. The linear map starts as the mapped demons force step of
+    ``force_gain`` voxels of this level (``factor`` finest-grid voxels) per unit
+    time, so an untrained model is a multi-scale demons-like optimizer on
+    intensity-mapped images and training improves on it, as learned optimizers are initialized
+    at a classical one; the network starts at zero.
     """
 
-    def __init__(self, downsample: int, width: int = 16, output_scale: float = 4.0) -> None:
+    def __init__(self, downsample: int, width: int = 16, output_scale: float = 4.0, factor: int = 1,
+                 force_gain: float = 1.0) -> None:
         super().__init__()
-        layers: List[nn.Module] = [_conv(3, width, 2 if downsample > 0 else 1)]
+        layers: List[nn.Module] = [_conv(FEATURE_CHANNELS, width, 2 if downsample > 0 else 1)]
         for _ in range(max(downsample - 1, 0)):
             layers.append(_conv(width, width, 2))
         layers.append(_conv(width, width, 1))
         self.encoder = nn.Sequential(*layers)
         self.out = nn.Conv3d(width, 3, 3, padding=1)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
+        self.shortcut = nn.Conv3d(FEATURE_CHANNELS, 3, 1)
+        for layer in (self.out, self.shortcut):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
         self.output_scale = float(output_scale)
+        with torch.no_grad():
+            for axis in range(3):
+                self.shortcut.weight[axis, MAPPED_FORCE + axis] = force_gain * factor / self.output_scale
 
     def forward(self, warped: torch.Tensor, fixed: torch.Tensor, t: float, theta_shape: List[int]) -> torch.Tensor:
-        x = torch.cat([warped, fixed, torch.full_like(fixed, t / 3.0)], 1)
-        rates = self.out(self.encoder(x)) * self.output_scale
+        features = registration_features(warped, fixed, t)
+        encoded = self.encoder(features)
+        pooled = F.adaptive_avg_pool3d(features, [encoded.shape[2], encoded.shape[3], encoded.shape[4]])
+        rates = (self.out(encoded) + self.shortcut(pooled)) * self.output_scale
         return F.interpolate(rates, size=theta_shape[2:], mode="trilinear", align_corners=True)
 
 
@@ -150,10 +281,15 @@ class MSODENet(nn.Module):
             pair, tolerance ``tolerance`` in parameter units, used on the two
             coarse levels as in the paper; the fine level stays Euler).
         width: feature channels of the networks.
+        force_gain: the gain of the classical force term an untrained model
+            starts from (:class:`BSplineVelocity`, :class:`RigidVelocity`);
+            default 4 (B-spline) or 60 (rigid), where the untrained model
+            reduces a small misalignment of same-contrast brains without overshoot.
     """
 
     def __init__(self, parameterization: str = "bspline", steps: Tuple[int, int, int] = (5, 5, 4),
-                 solver: str = "euler", tolerance: float = 1e-3, control_spacing: int = 4, width: int = 16) -> None:
+                 solver: str = "euler", tolerance: float = 1e-3, control_spacing: int = 4, width: int = 16,
+                 force_gain: Optional[float] = None) -> None:
         super().__init__()
         if parameterization not in PARAMETERIZATIONS:
             raise ValueError(f'MSODENet(): invalid parameterization "{parameterization}". Must be one of '
@@ -168,21 +304,26 @@ class MSODENet(nn.Module):
         self.tolerance = float(tolerance)
         self.control_spacing = int(control_spacing)
         self.width = int(width)
+        if force_gain is None:
+            force_gain = DEFAULT_FORCE_GAIN[parameterization]
+        self.force_gain = float(force_gain)
         # Training recomputes each step's activations in the backward pass
         # (torch.utils.checkpoint): memory independent of the number of steps.
         self.checkpointing = False
         self.factors = list(LEVEL_FACTORS)
         if parameterization == "rigid":
-            self.nets = nn.ModuleList([RigidVelocity(width) for _ in LEVEL_FACTORS])
+            self.nets = nn.ModuleList([RigidVelocity(width, factor=f, force_gain=force_gain) for f in LEVEL_FACTORS])
         else:
             # Level factor f: the control grid is control_spacing / f voxels apart there.
             downs = [max(0, int(round(math.log2(max(self.control_spacing // f, 1))))) for f in LEVEL_FACTORS]
-            self.nets = nn.ModuleList([BSplineVelocity(d, width) for d in downs])
+            self.nets = nn.ModuleList([BSplineVelocity(d, width, factor=f, force_gain=force_gain)
+                                       for d, f in zip(downs, LEVEL_FACTORS)])
 
     def config(self) -> dict:
         """Constructor arguments, stored with the weights."""
         return {"parameterization": self.parameterization, "steps": list(self.steps), "solver": self.solver,
-                "tolerance": self.tolerance, "control_spacing": self.control_spacing, "width": self.width}
+                "tolerance": self.tolerance, "control_spacing": self.control_spacing, "width": self.width,
+                "force_gain": self.force_gain}
 
     def initial_theta(self, shape: List[int], like: torch.Tensor) -> torch.Tensor:
         if self.parameterization == "rigid":

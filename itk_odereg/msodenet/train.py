@@ -15,7 +15,7 @@ Every iteration draws, from the training subjects:
   of fixed and warped moving, and L_reg = the diffusion energy of the map.
 
 Loss = L_sim + lambda_self L_self + lambda_reg L_reg (lambda_self = 1;
-lambda_reg = 2 for B-spline, 0 for rigid, as in the paper). Adam. Every ODE
+lambda_reg = 2 for B-spline, 0 for rigid, as in the paper). Adam, with the gradient norm clipped at ``max_grad_norm``. Every ODE
 step is gradient-checkpointed, so memory does not grow with the number of
 steps. Checkpoints (model, optimizer, iteration, RNG states) are written
 atomically every ``checkpoint_every`` iterations and training resumes from
@@ -52,7 +52,9 @@ class TrainSettings:
     lambda_self: float = 1.0
     lambda_reg: Optional[float] = None          # None: 2 (B-spline) or 0 (rigid)
     metric: str = "ngf"
-    perturbation_mm: float = 8.0                # SD of the B-spline control-point noise
+    perturbation_mm: float = 8.0                # largest SD of the B-spline control-point noise
+    perturbation_spacing_mm: float = 20.0       # control-point spacing of the B-spline perturbation
+    max_grad_norm: float = 1.0
     same_contrast_fraction: float = 0.5         # self-supervised pairs whose two copies share a contrast
     max_rotation_deg: float = 75.0
     max_translation_mm: float = 20.0
@@ -79,31 +81,39 @@ def build_model(settings: TrainSettings) -> MSODENet:
     return MSODENet(**kwargs)
 
 
-def _random_theta(model: MSODENet, shape, settings: TrainSettings, generator: torch.Generator) -> torch.Tensor:
+def _random_rigid(settings: TrainSettings, generator: torch.Generator) -> torch.Tensor:
+    """[1, 6] rigid parameters: angles in radians, translation in voxels."""
+    angles = (torch.rand(3, generator=generator) * 2 - 1) * math.radians(settings.max_rotation_deg)
+    shift = (torch.rand(3, generator=generator) * 2 - 1) * settings.max_translation_mm / settings.resolution_mm
+    return torch.cat([angles, shift])[None]
+
+
+def _random_perturbation(model: MSODENet, shape, settings: TrainSettings, generator: torch.Generator):
+    """(theta~ or None, its displacement [1, 3, *shape] in voxels): the self-supervised target."""
     if model.parameterization == "rigid":
-        angles = (torch.rand(3, generator=generator) * 2 - 1) * math.radians(settings.max_rotation_deg)
-        shift = (torch.rand(3, generator=generator) * 2 - 1) * settings.max_translation_mm / settings.resolution_mm
-        return torch.cat([angles, shift])[None]
-    theta = model.initial_theta(list(shape), torch.zeros(()))
-    return torch.randn(theta.shape, generator=generator) * (settings.perturbation_mm / settings.resolution_mm)
+        theta = _random_rigid(settings, generator)
+        return theta, rigid_displacement(theta, list(shape), list(shape))
+    spacing = max(1, int(round(settings.perturbation_spacing_mm / settings.resolution_mm)))
+    grid = [(s - 1) // spacing + 4 for s in shape]
+    amplitude = (0.25 + 0.75 * torch.rand((), generator=generator)) * settings.perturbation_mm / settings.resolution_mm
+    control = torch.randn(1, 3, *grid, generator=generator) * amplitude
+    return None, ops.bspline_to_dense(control, list(shape), [spacing] * 3)
 
 
-def _self_loss(model: MSODENet, predicted: torch.Tensor, target: torch.Tensor, settings: TrainSettings,
-               mask: Optional[torch.Tensor] = None):
+def _self_loss(model: MSODENet, predicted: torch.Tensor, target_theta: Optional[torch.Tensor],
+               target_displacement: torch.Tensor, settings: TrainSettings, mask: torch.Tensor) -> torch.Tensor:
     """||theta_T - theta~||^2 in units of the perturbation's size. For B-splines it is
     measured on the dense field inside ``mask`` (the head): control points over
     empty background move nothing visible, and their noise would swamp the signal."""
-    if model.parameterization == "bspline" and mask is not None:
-        shape = list(mask.shape[2:])
-        error = model.displacement(predicted, shape, shape) - model.displacement(target, shape, shape)
-        scale = settings.perturbation_mm / settings.resolution_mm
-        return (error.square().sum(1, keepdim=True) * mask).sum() / mask.sum().clamp_min(1) / scale**2
     if model.parameterization == "rigid":
         # Angles weighted by a brain radius (40 voxels) so that both parts are in voxels of motion.
         weights = torch.tensor([40.0] * 3 + [1.0] * 3, device=predicted.device)
         scale = settings.max_translation_mm / settings.resolution_mm
-        return (((predicted - target) * weights) ** 2).mean() / scale**2
-    return ((predicted - target) ** 2).mean() / (settings.perturbation_mm / settings.resolution_mm) ** 2
+        return (((predicted - target_theta) * weights) ** 2).mean() / scale**2
+    shape = list(mask.shape[2:])
+    error = model.displacement(predicted, shape, shape) - target_displacement
+    scale = settings.perturbation_mm / settings.resolution_mm
+    return (error.square().sum(1, keepdim=True) * mask).sum() / mask.sum().clamp_min(1) / scale**2
 
 
 def train(label_maps: str | Path, output: str | Path, settings: TrainSettings | None = None,
@@ -149,17 +159,20 @@ def train(label_maps: str | Path, output: str | Path, settings: TrainSettings | 
         moving = random_contrast_image(labels[a], generator).to(device)
         same = torch.rand((), generator=generator) < settings.same_contrast_fraction
         twin = moving if same else random_contrast_image(labels[a], generator).to(device)
-        target = _random_theta(model, shape, settings, generator).to(device)
+        target_theta, target_u = _random_perturbation(model, shape, settings, generator)
+        target_u = target_u.to(device)
+        target_theta = target_theta.to(device) if target_theta is not None else None
         with torch.no_grad():
-            fixed = ops.warp(twin, model.displacement(target, shape, shape), "zeros")
+            fixed = ops.warp(twin, target_u, "zeros")
+            head = (ops.warp((labels[a] > 0).float()[None, None].to(device), target_u, "zeros") > 0.5).float()
         predicted = model.integrate(fixed, moving)
-        loss_self = _self_loss(model, predicted, target, settings, (labels[a] > 0).to(device)[None, None].float())
+        loss_self = _self_loss(model, predicted, target_theta, target_u, settings, head)
         # Unsupervised: an inter-subject pair with independent contrasts.
         fixed_b = random_contrast_image(labels[b], generator).to(device)
         moving_a = random_contrast_image(labels[a], generator).to(device)
         if model.parameterization == "rigid":
             with torch.no_grad():
-                motion = _random_theta(model, shape, settings, generator).to(device)
+                motion = _random_rigid(settings, generator).to(device)
                 moving_a = ops.warp(moving_a, rigid_displacement(motion, shape, shape), "zeros")
         u = model.displacement(model.integrate(fixed_b, moving_a), shape, shape)
         loss_sim = metric(fixed_b, ops.warp(moving_a, u, "zeros"))
@@ -167,7 +180,11 @@ def train(label_maps: str | Path, output: str | Path, settings: TrainSettings | 
         loss = loss_sim + settings.lambda_self * loss_self + lambda_reg * loss_reg
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+        if torch.isfinite(norm):
+            optimizer.step()
+        else:  # one degenerate pair must not poison the weights
+            log(f"  iteration {iteration + 1}: non-finite gradient, step skipped")
         record = {"iteration": iteration + 1, "loss": loss.item(), "sim": loss_sim.item(), "self": loss_self.item(),
                   "reg": loss_reg.item(), "seconds": round(time.perf_counter() - began, 1)}
         with open(log_path, "a") as f:
