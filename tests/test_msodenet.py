@@ -61,14 +61,19 @@ def test_untrained_bspline_model_reduces_a_misalignment():
     assert after < 0.5 * before
 
 
-def test_conditional_mean_maps_one_contrast_onto_another():
-    from itk_odereg.msodenet.model import conditional_mean
+def test_mind_descriptor_ignores_the_contrast():
+    """Two contrasts of one label image (one inverted, one not monotone) get the same descriptor."""
+    from itk_odereg.msodenet.model import mind_descriptor
 
-    labels = torch.randint(0, 5, (1, 1, 12, 13, 14))
-    fixed_lut = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0])
-    moving_lut = torch.tensor([0.9, 0.1, 0.6, 0.3, 0.0])  # not monotone in the fixed contrast
-    mapped = conditional_mean(moving_lut[labels], fixed_lut[labels], bins=16)
-    assert torch.allclose(mapped, moving_lut[labels], atol=1e-6)
+    labels = torch.zeros(1, 1, 16, 17, 18, dtype=torch.long)
+    labels[..., 4:12, 5:13, 3:9] = 1
+    labels[..., 6:10, 7:11, 9:15] = 2
+    first = torch.tensor([0.0, 1.0, 0.5])[labels]
+    second = torch.tensor([0.7, 0.2, 0.95])[labels]
+    a, b = mind_descriptor(first), mind_descriptor(second)
+    assert a.shape == (1, 6, 16, 17, 18)
+    # Equal wherever only two labels meet in the 3x3x3 neighbourhood; everywhere close.
+    assert (a - b).abs().mean() < 0.02
 
 
 def test_rigid_force_fit_recovers_a_small_rigid_field():
