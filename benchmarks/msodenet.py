@@ -2,7 +2,7 @@
 
 Run with:
 
-    python benchmarks/msodenet.py --label-maps ../shared/data/label_maps --model-dir MODELS [--json out.json]
+    python benchmarks/msodenet.py --label-maps ../shared/data/label_maps [--model-dir MODELS] [--json out.json]
 
 Tasks (2 mm, box 160x192x160 mm, validation subjects only: 09 and 10 by default):
 
@@ -17,8 +17,10 @@ Tasks (2 mm, box 160x192x160 mm, validation subjects only: 09 and 10 by default)
   points (20 mm apart) are displaced by N(0, (8 mm)^2) per coordinate.
 
 Methods: ``msodenet:R``, ``msodenet:B``, ``msodenet:R+B`` (trained models,
-``--model-dir`` with ``rigid.pt`` and ``bspline.pt``, through
-``register(method="msodenet", model=...)``), ``nodeo``,
+``--model-dir`` with ``rigid.pt`` and ``bspline.pt``; default: the models
+shipped in the package; through ``register(method="msodenet", model=...)``),
+``msodenet:B0`` (an untrained B-spline model: the classical MIND-demons force
+term alone, which training starts from; shows what training added), ``nodeo``,
 ``msodenet+nodeo`` (all with ``affine=None``), and ANTs (antspyx): SyN
 ("SyNOnly", CC or Mattes as in accuracy.py) on the deformable tasks, "Rigid"
 on ``rigid75``.
@@ -45,7 +47,7 @@ sys.path.insert(0, str(HERE))
 import _synth  # noqa: E402
 import accuracy  # noqa: E402
 
-METHODS = ("msodenet:R", "msodenet:B", "msodenet:R+B", "nodeo", "msodenet+nodeo", "ants")
+METHODS = ("msodenet:R", "msodenet:B0", "msodenet:B", "msodenet:R+B", "nodeo", "msodenet+nodeo", "ants")
 TASKS = ("mono", "multi", "rigid75", "bspline8")
 
 
@@ -60,6 +62,15 @@ def _reset_peak() -> float:
 MODEL_DIR = Path(".")
 
 
+def _untrained_bspline(work: Path) -> Path:
+    from itk_odereg.msodenet import MSODENet, save_model
+
+    path = work.parent / "bspline_untrained.pt"
+    if not path.exists():
+        save_model(MSODENet("bspline"), path, {"resolution_mm": 2.0, "iterations": 0})
+    return path
+
+
 def run_method(method: str, fixed: sitk.Image, moving: sitk.Image, task: str, work: Path) -> tuple[sitk.Transform, dict]:
     """Register and return the fixed-to-moving transform and the cost."""
     rss0 = _reset_peak()
@@ -69,7 +80,8 @@ def run_method(method: str, fixed: sitk.Image, moving: sitk.Image, task: str, wo
         from itk_odereg import register
 
         rigid, bspline = str(MODEL_DIR / "rigid.pt"), str(MODEL_DIR / "bspline.pt")
-        model = {"R": rigid, "B": bspline, "R+B": f"{rigid}+{bspline}"}[method.split(":")[1]]
+        model = {"R": rigid, "B": bspline, "R+B": f"{rigid}+{bspline}",
+                 "B0": str(_untrained_bspline(work))}[method.split(":")[1]]
         result = register(fixed, moving, method="msodenet", model=model, affine=None, resolution_mm=None)
         transform = result.transform
     elif method in ("nodeo", "msodenet+nodeo"):
@@ -152,8 +164,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--label-maps", required=True, type=Path, help="folder with subjectNN.nii.gz")
-    parser.add_argument("--model-dir", type=Path, required=True,
-                        help="folder with rigid.pt and bspline.pt written by `itk-odereg train`")
+    parser.add_argument("--model-dir", type=Path, default=None,
+                        help="folder with rigid.pt and bspline.pt written by `itk-odereg train` "
+                             "(default: the weights shipped in the package)")
     parser.add_argument("--subjects", type=int, nargs=2, default=[9, 10], help="validation subjects (default 9 10)")
     parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma list of {', '.join(TASKS)}")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {', '.join(METHODS)}")
@@ -163,6 +176,10 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path, help="write the records here")
     args = parser.parse_args(argv)
     global MODEL_DIR
+    if args.model_dir is None:
+        from itk_odereg.msodenet.pretrained import WEIGHTS_DIR
+
+        args.model_dir = WEIGHTS_DIR
     MODEL_DIR = args.model_dir
     import torch
 

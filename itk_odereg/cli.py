@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "(MS-ODENet first, then NODEO refines)")
     reg.add_argument("--model", default="rigid+bspline", metavar="NAME|FILE",
                      help="MS-ODENet model for the msodenet methods: a .pt file written by `itk-odereg train`, "
-                          "or a shipped name rigid+bspline (default), bspline, rigid (none ship yet)")
+                          "or a shipped name rigid+bspline (default), bspline, rigid")
     reg.add_argument("--metric", choices=["lncc", "mse", "mi", "ngf"], default="lncc",
                      help="similarity: lncc (local NCC, same contrast; default), mse, "
                           "ngf (normalized gradient fields: different contrasts such as T1 to T2, recommended; "
@@ -208,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     exp.add_argument("--model", default="rigid+bspline", metavar="NAME|FILE",
                      help="a .pt file written by `itk-odereg train`, or a shipped name bspline, rigid, "
-                          "rigid+bspline (default; none ship yet)")
+                          "rigid+bspline (default)")
     exp.add_argument("-o", "--output", required=True, metavar="FILE", help="output file: .pt (TorchScript) or .pt2")
     exp.add_argument("--shape", type=int, nargs=3, default=None, metavar=("D", "H", "W"),
                      help="example input size for torch.export (.pt2; default: the model's training box)")

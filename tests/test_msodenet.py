@@ -272,8 +272,8 @@ def test_train_command_line(label_maps, tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------- registering with a model
-# No trained weights ship yet (see the README); these tests register with model files
-# written by save_model, with random weights, so the maps are far from the identity.
+# Most tests register with model files written by save_model, with random weights, so that
+# the maps are far from the identity; the last ones use the shipped models.
 
 
 @pytest.fixture(scope="module")
@@ -336,14 +336,11 @@ def test_msodenet_errors_are_named(model_files, tmp_path):
     fixed, moving = brain_like_pair()
     with pytest.raises(ValueError, match='invalid model "affine"'):
         register(fixed, moving, method="msodenet", model="affine", affine=None)
-    with pytest.raises(FileNotFoundError, match="itk-odereg train"):
+    with pytest.raises(FileNotFoundError, match="missing.pt' does not exist"):
         register(fixed, moving, method="msodenet", model=str(tmp_path / "missing.pt"), affine=None)
     flat = sitk.GetImageFromArray(np.random.default_rng(0).random((32, 32)).astype(np.float32))
     with pytest.raises(ValueError, match="3D"):
         register(flat, flat, method="msodenet", model=str(model_files / "bspline.pt"), affine=None)
-    if not weights_path("bspline.pt").exists():
-        with pytest.raises(FileNotFoundError, match="No trained MS-ODENet weights ship"):
-            register(fixed, moving, method="msodenet", affine=None)
 
 
 def test_export_command_writes_a_loadable_module(model_files, tmp_path):
@@ -393,3 +390,54 @@ def test_simpleitk_method_and_itk_filter_take_the_msodenet_method(model_files):
                                     Affine=None)
     reg.Update()
     assert reg.GetMethod() == "msodenet" and itk.array_from_image(reg.GetOutput()).shape == (40, 50, 44)
+
+
+# ------------------------------------------------------------------------------- the shipped models
+
+
+def _map_error_mm(transform: sitk.Transform, truth: sitk.Transform, image: sitk.Image, mask: np.ndarray) -> float:
+    """Mean distance (mm) between two fixed-to-moving maps over the voxels of ``mask``."""
+    error = []
+    for index in np.argwhere(mask)[::7]:
+        point = image.TransformIndexToPhysicalPoint([int(i) for i in index[::-1]])
+        error.append(np.linalg.norm(np.subtract(transform.TransformPoint(point), truth.TransformPoint(point))))
+    return float(np.mean(error))
+
+
+def test_shipped_models_exist_and_are_small():
+    for name in ("bspline.pt", "rigid.pt"):
+        path = weights_path(name)
+        assert path.is_file(), f"{path} is missing from the package"
+        assert path.stat().st_size < 5 * 2**20
+        model, metadata = load_model(path)
+        assert metadata["resolution_mm"] == 2.0
+    # The B-spline network is trained; the rigid one ships untrained (its force term alone), and says so.
+    assert load_model(weights_path("bspline.pt"))[1]["iterations"] > 0
+    assert "untrained" in load_model(weights_path("rigid.pt"))[1]["note"]
+
+
+def test_shipped_cascade_recovers_a_rigid_motion():
+    """A head moved by 5 to 8 degrees and ~5 mm: the shipped rigid+bspline cascade undoes most of it."""
+    fixed, moving = brain_like_pair()
+    head = sitk.GetArrayFromImage(fixed) > 0
+    centre = fixed.TransformContinuousIndexToPhysicalPoint([21.5, 24.5, 19.5])
+    motion = sitk.Euler3DTransform(centre, math.radians(8), math.radians(-5), math.radians(6), (4.0, -3.0, 2.0))
+    # moving = fixed o motion, so the fixed-to-moving map is motion^-1.
+    truth = motion.GetInverse()
+    before = _map_error_mm(sitk.Transform(3, sitk.sitkIdentity), truth, fixed, head)
+    result = register(fixed, moving, method="msodenet", affine=None)
+    after = _map_error_mm(result.transform, truth, fixed, head)
+    assert before > 5.0
+    assert after < 0.5 * before, (before, after)
+
+
+def test_shipped_cascade_exports_and_runs_in_a_fresh_process(tmp_path):
+    from itk_odereg.msodenet.export import export_model
+
+    fixed, moving = blob_pair()
+    module, _ = load_pretrained("rigid+bspline")
+    with torch.no_grad():
+        expected = module(fixed, moving)
+    export_model("rigid+bspline", tmp_path / "shipped.pt")
+    out = run_fresh(tmp_path, tmp_path / "shipped.pt", fixed, moving)
+    assert torch.allclose(out, expected, atol=1e-5)

@@ -35,10 +35,12 @@ def weights_path(name: str) -> Path:
 @lru_cache(maxsize=None)
 def _load(path: Path) -> tuple[MSODENet, float]:
     if not path.is_file():
+        shipped = path.parent == WEIGHTS_DIR
         raise FileNotFoundError(
-            f"msodenet: model weights '{path}' are not in this installation. No trained MS-ODENet weights "
-            "ship with this version yet: train a model with `itk-odereg train --label-maps DIR --output "
-            "model.pt` and pass its path as the model (register(..., model='model.pt'), CLI --model)")
+            f"msodenet: model file '{path}' does not exist"
+            + (" (the shipped weights are missing from this installation: reinstall itk-odereg, or train a model "
+               "with `itk-odereg train --label-maps DIR --output model.pt` and pass its path as the model)"
+               if shipped else ""))
     model, metadata = load_model(path)
     return model, float(metadata.get("resolution_mm", 2.0))
 

@@ -182,9 +182,8 @@ def register(
         nodeo: full :class:`NODEOSettings` (overrides ``metric``/``iterations``/``steps``/``seed``).
         affine_settings: full :class:`AffineSettings`.
         model: the MS-ODENet model of the ``msodenet`` methods: the path of a ``.pt``
-            file written by ``itk-odereg train``, or a shipped model name (``"rigid+bspline"``,
-            the default, ``"bspline"``, ``"rigid"``; no trained weights ship yet, so these
-            currently stop with an error that says so).
+            file written by ``itk-odereg train``, ``"RIGID.pt+DEFORMABLE.pt"``, or a shipped
+            model name: ``"rigid+bspline"`` (the default), ``"bspline"``, ``"rigid"``.
 
     Returns:
         :class:`RegistrationResult` in the caller's image type. Transforms map fixed
