@@ -219,7 +219,7 @@ class _Parameters:
     # -- model
     def SetModel(self, model: str) -> None:
         """MS-ODENet model of the msodenet methods: a ``.pt`` file from ``itk-odereg train``
-        (or ``RIGID.pt+DEFORMABLE.pt``), or a shipped name (none ship yet)."""
+        (or ``RIGID.pt+DEFORMABLE.pt``), or a shipped name: ``rigid+bspline`` (default), ``bspline``, ``rigid``."""
         self._set("model", model)
 
     def GetModel(self) -> str:
