@@ -131,9 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="deformable stage: nodeo (per-pair neural-ODE optimization; default), msodenet (a "
                           "trained MS-ODENet model, see --model; a few solver steps, 3D only), msodenet+nodeo "
                           "(MS-ODENet first, then NODEO refines)")
-    reg.add_argument("--model", default="rigid+bspline", metavar="NAME|FILE",
+    reg.add_argument("--model", default="bspline", metavar="NAME|FILE",
                      help="MS-ODENet model for the msodenet methods: a .pt file written by `itk-odereg train`, "
-                          "or a shipped name rigid+bspline (default), bspline, rigid")
+                          "or a shipped name bspline (default; after the affine stage), rigid+bspline (for unaligned inputs, with --affine none), rigid")
     reg.add_argument("--metric", choices=["lncc", "mse", "mi", "ngf"], default="lncc",
                      help="similarity: lncc (local NCC, same contrast; default), mse, "
                           "ngf (normalized gradient fields: different contrasts such as T1 to T2, recommended; "
@@ -206,9 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
         "warp(moving, u) ~ fixed). Load it with torch.jit.load after\n"
         "torch.ops.load_library(itk_odereg.ops.library_path()); itk_odereg itself is not needed.",
     )
-    exp.add_argument("--model", default="rigid+bspline", metavar="NAME|FILE",
-                     help="a .pt file written by `itk-odereg train`, or a shipped name bspline, rigid, "
-                          "rigid+bspline (default)")
+    exp.add_argument("--model", default="bspline", metavar="NAME|FILE",
+                     help="a .pt file written by `itk-odereg train`, or a shipped name bspline (default), rigid, "
+                          "rigid+bspline")
     exp.add_argument("-o", "--output", required=True, metavar="FILE", help="output file: .pt (TorchScript) or .pt2")
     exp.add_argument("--shape", type=int, nargs=3, default=None, metavar=("D", "H", "W"),
                      help="example input size for torch.export (.pt2; default: the model's training box)")

@@ -36,7 +36,7 @@ __all__ = ["ODERegistrationFilter", "ode_registration_filter", "ODERegistrationM
 # Keyword (snake_case) name of every parameter, its ITK/SimpleITK name and default.
 _PARAMETERS: dict[str, tuple[str, Any]] = {
     "method": ("Method", "nodeo"),
-    "model": ("Model", "rigid+bspline"),
+    "model": ("Model", "bspline"),
     "metric": ("Metric", "lncc"),
     "affine": ("Affine", "affine"),
     "device": ("Device", "cpu"),
@@ -219,7 +219,7 @@ class _Parameters:
     # -- model
     def SetModel(self, model: str) -> None:
         """MS-ODENet model of the msodenet methods: a ``.pt`` file from ``itk-odereg train``
-        (or ``RIGID.pt+DEFORMABLE.pt``), or a shipped name: ``rigid+bspline`` (default), ``bspline``, ``rigid``."""
+        (or ``RIGID.pt+DEFORMABLE.pt``), or a shipped name: ``bspline`` (default), ``rigid+bspline``, ``rigid``."""
         self._set("model", model)
 
     def GetModel(self) -> str:

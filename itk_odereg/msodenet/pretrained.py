@@ -52,7 +52,7 @@ def is_model_name(model: str) -> bool:
     return model in MODELS or all(part.endswith(".pt") for part in model.split("+"))
 
 
-def load_pretrained(name: str = "rigid+bspline") -> tuple[torch.nn.Module, float]:
+def load_pretrained(name: str = "bspline") -> tuple[torch.nn.Module, float]:
     """A shipped model (or a trained model file) in eval mode and its working resolution (mm).
 
     Args:
@@ -96,7 +96,7 @@ def model_grid_shape(shape: Sequence[int], spacing_mm: Sequence[float], resoluti
 
 @torch.no_grad()
 def msodenet_register(fixed: torch.Tensor, moving: torch.Tensor, spacing_mm: Sequence[float],
-                      model: str = "rigid+bspline") -> MSODENetResult:
+                      model: str = "bspline") -> MSODENetResult:
     """Register ``moving`` to ``fixed`` (Tensor[1, 1, D, H, W] on one grid) with a shipped model.
 
     Args:

@@ -156,7 +156,7 @@ def register(
     resolution_mm: Optional[float] = 2.0,
     nodeo: Optional[NODEOSettings] = None,
     affine_settings: Optional[AffineSettings] = None,
-    model: str = "rigid+bspline",
+    model: str = "bspline",
 ) -> RegistrationResult:
     """Register ``moving`` to ``fixed`` with NODEO after an affine pre-alignment.
 
@@ -183,7 +183,9 @@ def register(
         affine_settings: full :class:`AffineSettings`.
         model: the MS-ODENet model of the ``msodenet`` methods: the path of a ``.pt``
             file written by ``itk-odereg train``, ``"RIGID.pt+DEFORMABLE.pt"``, or a shipped
-            model name: ``"rigid+bspline"`` (the default), ``"bspline"``, ``"rigid"``.
+            model name: ``"bspline"`` (the default: the affine stage already aligned the images,
+            and the shipped rigid stage lowers Dice on aligned pairs, see benchmarks/README.md),
+            ``"rigid+bspline"``, ``"rigid"``.
 
     Returns:
         :class:`RegistrationResult` in the caller's image type. Transforms map fixed
