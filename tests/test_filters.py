@@ -125,7 +125,7 @@ def test_method_str_repr_and_name():
     for word in ("Metric: 'mi'", "Iterations: (5,)", "Affine: 'affine'", "Device: 'cpu'", "ResolutionMM: 2.0",
                  "Executed: False"):
         assert word in text
-    assert repr(method).startswith("ODERegistrationMethod(method='nodeo', model='rigid+bspline', metric='mi'")
+    assert repr(method).startswith("ODERegistrationMethod(method='nodeo', model='bspline', metric='mi'")
     assert method.GetName() == "ODERegistrationMethod"
 
 
