@@ -132,9 +132,25 @@ def mind_descriptor(image: torch.Tensor) -> torch.Tensor:
     return descriptor / descriptor.amax(1, keepdim=True)
 
 
-def registration_features(warped: torch.Tensor, fixed: torch.Tensor, t: float,
-                          edge_epsilon: float = 0.05) -> torch.Tensor:
-    """The network inputs at one ODE step, [1, FEATURE_CHANNELS, *S].
+def _normalized_gradient(image: torch.Tensor, edge_epsilon: float = 0.05) -> torch.Tensor:
+    """grad I / sqrt(|grad I|^2 + eps^2): ``edge_epsilon`` is the gradient magnitude (intensity
+    per voxel, images in [0, 1]) below which an edge fades out. (A default argument, not a
+    module constant: TorchScript cannot read module-level floats.)"""
+    g = _central_gradient(image)
+    return g / torch.sqrt(g.square().sum(1, keepdim=True) + edge_epsilon**2)
+
+
+def fixed_image_cues(fixed: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The fixed image's part of :func:`registration_features`: (n_f [1, 3, *S], MIND
+    descriptor [1, 6, *S]). The fixed image does not change during a level, so these
+    are computed once per level rather than at every step."""
+    return _normalized_gradient(fixed), mind_descriptor(fixed)
+
+
+def registration_features(warped: torch.Tensor, fixed: torch.Tensor, fixed_cues: Tuple[torch.Tensor, torch.Tensor],
+                          t: float) -> torch.Tensor:
+    """The network inputs at one ODE step, [1, FEATURE_CHANNELS, *S]; ``fixed_cues`` is
+    :func:`fixed_image_cues` of ``fixed``.
 
     Besides the two images and t (the paper's inputs), the cues a classical
     optimizer's gradient is built from, so that the convolutions need not
@@ -151,18 +167,16 @@ def registration_features(warped: torch.Tensor, fixed: torch.Tensor, t: float,
 
     Channel order: w, f, t/3, n_w (3), n_f (3), n_w . n_f, (f - w) n_w (3),
     |n_w|^2, MIND residual, MIND force (3); vectors in tensor axis order, per
-    voxel of this grid. ``edge_epsilon`` is the gradient magnitude (intensity
-    per voxel, images in [0, 1]) below which an edge fades out.
+    voxel of this grid (normalized gradients: :func:`_normalized_gradient`).
     """
-    g_w, g_f = _central_gradient(warped), _central_gradient(fixed)
-    n_w = g_w / torch.sqrt(g_w.square().sum(1, keepdim=True) + edge_epsilon**2)
-    n_f = g_f / torch.sqrt(g_f.square().sum(1, keepdim=True) + edge_epsilon**2)
+    n_f, m_f = fixed_cues
+    n_w = _normalized_gradient(warped)
     alignment = (n_w * n_f).sum(1, keepdim=True)
     # |n_w|^2, not |n_w|: the square root's derivative is infinite on flat (all-zero) regions.
     edges = n_w.square().sum(1, keepdim=True)
-    m_w, m_f = mind_descriptor(warped), mind_descriptor(fixed)
+    m_w = mind_descriptor(warped)
     residual = m_f - m_w
-    force = torch.zeros_like(g_w)
+    force = torch.zeros_like(n_w)
     curvature = residual.square().sum(1, keepdim=True) + 1e-3
     for r in range(6):
         g_r = _central_gradient(m_w[:, r:r + 1])
@@ -229,13 +243,15 @@ class RigidVelocity(nn.Module):
         nn.init.zeros_(self.head[2].weight)
         nn.init.zeros_(self.head[2].bias)
         self.register_buffer("output_scale", torch.tensor([0.5, 0.5, 0.5] + [translation_scale] * 3))
+        # Attributes, not the module constants: TorchScript cannot read module-level ints.
         self.force_channel = MIND_FORCE
         self.edge_channel = EDGES
         # Fitted angles are level independent; translations are in this level's voxels.
         self.force_gain = nn.Parameter(torch.tensor([force_gain] * 3 + [force_gain * factor] * 3))
 
-    def forward(self, warped: torch.Tensor, fixed: torch.Tensor, t: float, theta_shape: List[int]) -> torch.Tensor:
-        features = registration_features(warped, fixed, t)
+    def forward(self, warped: torch.Tensor, fixed: torch.Tensor, fixed_cues: Tuple[torch.Tensor, torch.Tensor],
+                t: float, theta_shape: List[int]) -> torch.Tensor:
+        features = registration_features(warped, fixed, fixed_cues, t)
         scale = 1.0
         if max(fixed.shape[2:]) > 64:
             # Six parameters need no fine detail: halve large levels (cost, and the fit's sums).
@@ -284,8 +300,9 @@ class BSplineVelocity(nn.Module):
             for axis in range(3):
                 self.shortcut.weight[axis, MIND_FORCE + axis] = force_gain * factor / self.output_scale
 
-    def forward(self, warped: torch.Tensor, fixed: torch.Tensor, t: float, theta_shape: List[int]) -> torch.Tensor:
-        features = registration_features(warped, fixed, t)
+    def forward(self, warped: torch.Tensor, fixed: torch.Tensor, fixed_cues: Tuple[torch.Tensor, torch.Tensor],
+                t: float, theta_shape: List[int]) -> torch.Tensor:
+        features = registration_features(warped, fixed, fixed_cues, t)
         encoded = self.encoder(features)
         pooled = F.adaptive_avg_pool3d(features, [encoded.shape[2], encoded.shape[3], encoded.shape[4]])
         rates = (self.out(encoded) + self.shortcut(pooled)) * self.output_scale
@@ -369,28 +386,29 @@ class MSODENet(nn.Module):
         fine = torch.ops.itk_odereg.bspline_to_dense(theta, fine_shape, [s, s, s])
         return rescale_displacement(fine, fine_shape, shape)
 
-    def _rate(self, level: int, theta: torch.Tensor, moving: torch.Tensor, fixed: torch.Tensor, t: float,
-              fine_shape: List[int]) -> torch.Tensor:
+    def _rate(self, level: int, theta: torch.Tensor, moving: torch.Tensor, fixed: torch.Tensor,
+              fixed_cues: Tuple[torch.Tensor, torch.Tensor], t: float, fine_shape: List[int]) -> torch.Tensor:
         if not torch.jit.is_scripting():
             if self.checkpointing and torch.is_grad_enabled():
-                return self._checkpointed_rate(level, theta, moving, fixed, t, fine_shape)
-        return self._rate_of(level, theta, moving, fixed, t, fine_shape)
+                return self._checkpointed_rate(level, theta, moving, fixed, fixed_cues, t, fine_shape)
+        return self._rate_of(level, theta, moving, fixed, fixed_cues, t, fine_shape)
 
     @torch.jit.unused
     def _checkpointed_rate(self, level: int, theta: torch.Tensor, moving: torch.Tensor, fixed: torch.Tensor,
-                           t: float, fine_shape: List[int]) -> torch.Tensor:
+                           fixed_cues: Tuple[torch.Tensor, torch.Tensor], t: float, fine_shape: List[int]) -> torch.Tensor:
         from torch.utils.checkpoint import checkpoint
 
-        return checkpoint(self._rate_of, level, theta, moving, fixed, t, fine_shape, use_reentrant=False)
+        return checkpoint(self._rate_of, level, theta, moving, fixed, fixed_cues, t, fine_shape,
+                          use_reentrant=False)
 
-    def _rate_of(self, level: int, theta: torch.Tensor, moving: torch.Tensor, fixed: torch.Tensor, t: float,
-                 fine_shape: List[int]) -> torch.Tensor:
+    def _rate_of(self, level: int, theta: torch.Tensor, moving: torch.Tensor, fixed: torch.Tensor,
+                 fixed_cues: Tuple[torch.Tensor, torch.Tensor], t: float, fine_shape: List[int]) -> torch.Tensor:
         shape = list(fixed.shape[2:])
         warped = torch.ops.itk_odereg.warp(moving, self.displacement(theta, shape, fine_shape), "zeros")
         rate = torch.zeros_like(theta)
         for i, net in enumerate(self.nets):
             if i == level:
-                rate = net(warped, fixed, t, list(theta.shape))
+                rate = net(warped, fixed, fixed_cues, t, list(theta.shape))
         return rate
 
     def integrate(self, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
@@ -402,25 +420,26 @@ class MSODENet(nn.Module):
             shape = level_shape(fine_shape, factor)
             fixed_l = resize(F.avg_pool3d(fixed, factor) if factor > 1 else fixed, shape)
             moving_l = resize(F.avg_pool3d(moving, factor) if factor > 1 else moving, shape)
+            cues = fixed_image_cues(fixed_l)
             t0 = float(level)
             if self.solver == "adaptive_heun" and level < 2:
-                theta = self._adaptive_heun(level, theta, moving_l, fixed_l, t0, fine_shape)
+                theta = self._adaptive_heun(level, theta, moving_l, fixed_l, cues, t0, fine_shape)
             else:
                 h = 1.0 / self.steps[level]
                 for k in range(self.steps[level]):
-                    theta = theta + h * self._rate(level, theta, moving_l, fixed_l, t0 + k * h, fine_shape)
+                    theta = theta + h * self._rate(level, theta, moving_l, fixed_l, cues, t0 + k * h, fine_shape)
         return theta
 
-    def _adaptive_heun(self, level: int, theta: torch.Tensor, moving: torch.Tensor, fixed: torch.Tensor, t0: float,
-                       fine_shape: List[int]) -> torch.Tensor:
+    def _adaptive_heun(self, level: int, theta: torch.Tensor, moving: torch.Tensor, fixed: torch.Tensor,
+                       fixed_cues: Tuple[torch.Tensor, torch.Tensor], t0: float, fine_shape: List[int]) -> torch.Tensor:
         t = t0
         h = 1.0 / self.steps[level]
         end = t0 + 1.0
         min_step = 1.0 / 64  # bounds the work: at most 64 accepted steps per level
         while t < end - 1e-9:
             h = min(max(h, min_step), end - t)
-            k1 = self._rate(level, theta, moving, fixed, t, fine_shape)
-            k2 = self._rate(level, theta + h * k1, moving, fixed, t + h, fine_shape)
+            k1 = self._rate(level, theta, moving, fixed, fixed_cues, t, fine_shape)
+            k2 = self._rate(level, theta + h * k1, moving, fixed, fixed_cues, t + h, fine_shape)
             error = float((0.5 * h * (k2 - k1)).abs().max())
             if error <= self.tolerance or h <= min_step:
                 theta = theta + 0.5 * h * (k1 + k2)
