@@ -56,6 +56,12 @@ def rescale_displacement(u: torch.Tensor, from_shape: List[int], to_shape: List[
     return resize(u, to_shape) * scale
 
 
+def _grid(axes: List[torch.Tensor]) -> torch.Tensor:
+    """[3, *S] point grid of three 1D coordinate tensors (tensor axis order, "ij" indexing)."""
+    grid = torch.meshgrid(axes[0], axes[1], axes[2], indexing="ij")
+    return torch.stack([grid[0], grid[1], grid[2]])
+
+
 def rotation_matrix(angles: torch.Tensor) -> torch.Tensor:
     """[3, 3] rotation, the product of rotations about tensor axes 0, 1 and 2 by ``angles`` (radians)."""
     c, s = torch.cos(angles), torch.sin(angles)
@@ -82,8 +88,7 @@ def rigid_displacement(params: torch.Tensor, shape: List[int], reference_shape: 
     # Positions in reference voxels, centred, so the motion is the same on every level.
     axes = [(torch.arange(s, dtype=params.dtype, device=params.device) - (s - 1) / 2.0) / scale[i]
             for i, s in enumerate(shape)]
-    grid = torch.meshgrid(axes[0], axes[1], axes[2], indexing="ij")
-    points = torch.stack([grid[0], grid[1], grid[2]]).reshape(3, -1)
+    points = _grid(axes).reshape(3, -1)
     moved = rotation_matrix(params[0, :3]) @ points + params[0, 3:].view(3, 1)
     scale_t = torch.tensor(scale, dtype=params.dtype, device=params.device).view(3, 1)
     return ((moved - points) * scale_t).reshape(1, 3, shape[0], shape[1], shape[2])
@@ -191,8 +196,7 @@ def registration_features(warped: torch.Tensor, fixed: torch.Tensor, fixed_cues:
 def _coordinates(like: torch.Tensor) -> torch.Tensor:
     """[1, 3, *S] voxel positions scaled to [-1, 1] per axis (tensor order)."""
     axes = [torch.linspace(-1.0, 1.0, s, dtype=like.dtype, device=like.device) for s in like.shape[2:]]
-    grid = torch.meshgrid(axes[0], axes[1], axes[2], indexing="ij")
-    return torch.stack([grid[0], grid[1], grid[2]])[None]
+    return _grid(axes)[None]
 
 
 def rigid_force_fit(force: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -203,8 +207,7 @@ def rigid_force_fit(force: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     w = weight.reshape(-1)
     total = w.sum().clamp_min(1e-6)
     axes = [torch.arange(s, dtype=force.dtype, device=force.device) for s in force.shape[2:]]
-    grid = torch.meshgrid(axes[0], axes[1], axes[2], indexing="ij")
-    r = torch.stack([grid[0].reshape(-1), grid[1].reshape(-1), grid[2].reshape(-1)], 1)  # [N, 3]
+    r = _grid(axes).reshape(3, -1).t().contiguous()  # [N, 3]
     r = r - (w[:, None] * r).sum(0) / total
     f = force.reshape(3, -1).t()
     v = (w[:, None] * f).sum(0) / total
