@@ -99,7 +99,9 @@ def _conv(cin: int, cout: int, stride: int) -> nn.Module:
 
 
 def _central_gradient(image: torch.Tensor) -> torch.Tensor:
-    """[1, 3, *S] central differences (voxel units, one-sided at the faces) of [1, 1, *S]."""
+    """[1, 3, *S] central differences (voxel units) of [1, 1, *S]; at the faces, with the edge
+    replicated, half the one-sided difference (unlike losses._spatial_gradient, which uses the
+    full one: the shipped weights were trained on this one)."""
     padded = F.pad(image, (1, 1, 1, 1, 1, 1), mode="replicate")
     d0 = padded[:, :, 2:, 1:-1, 1:-1] - padded[:, :, :-2, 1:-1, 1:-1]
     d1 = padded[:, :, 1:-1, 2:, 1:-1] - padded[:, :, 1:-1, :-2, 1:-1]
