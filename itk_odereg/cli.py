@@ -178,12 +178,14 @@ def build_parser() -> argparse.ArgumentParser:
         "the recovery of random known transformations and a smoothness penalty. Writes MODEL (.pt), a\n"
         "resumable checkpoint MODEL.ckpt and a loss log MODEL.log.jsonl.",
         epilog="example:\n  itk-odereg train --label-maps data/label_maps --output bspline.pt --resolution 2\n"
-        "  itk-odereg train --label-maps data/label_maps --output rigid.pt --parameterization rigid",
+        "  itk-odereg train --label-maps data/label_maps --output rigid.pt --parameterization rigid\n"
+        "  itk-odereg train --label-maps data/label_maps --output dense.pt --parameterization dense",
     )
     trn.add_argument("--label-maps", required=True, metavar="DIR", help="folder with subjectNN.nii.gz label maps")
     trn.add_argument("--output", required=True, metavar="MODEL", help="model file to write (.pt)")
-    trn.add_argument("--parameterization", choices=["bspline", "rigid"], default="bspline",
-                     help="transformation the model learns (default bspline)")
+    trn.add_argument("--parameterization", choices=["bspline", "dense", "rigid"], default="bspline",
+                     help="transformation the model learns: bspline (default), dense (a displacement per voxel, "
+                          "UNet), rigid")
     trn.add_argument("--resolution", type=float, default=2.0, metavar="MM", help="training grid spacing (default 2)")
     trn.add_argument("--iterations", type=int, default=3000, help="training iterations (default 3000)")
     trn.add_argument("--subjects", type=int, nargs="+", default=list(range(1, 9)), metavar="N",
