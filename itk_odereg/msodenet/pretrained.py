@@ -73,10 +73,10 @@ def load_pretrained(name: str = "bspline") -> tuple[torch.nn.Module, float]:
             raise ValueError(f'msodenet: model "{name}": a cascade is RIGID.pt+DEFORMABLE.pt (two files)')
     if len(loaded) == 1:
         return loaded[0]
-    (rigid, res_r), (bspline, res_b) = loaded
-    if res_r != res_b:
-        raise ValueError(f"msodenet: the rigid ({res_r} mm) and B-spline ({res_b} mm) models differ in resolution")
-    return CascadeODENet(rigid, bspline).eval(), res_b
+    (rigid, res_r), (deformable, res_d) = loaded
+    if res_r != res_d:
+        raise ValueError(f"msodenet: the rigid ({res_r} mm) and deformable ({res_d} mm) models differ in resolution")
+    return CascadeODENet(rigid, deformable).eval(), res_d
 
 
 @dataclass
