@@ -43,7 +43,7 @@ def blob_pair(seed: int = 0):
 # ------------------------------------------------------------------------------- the model
 
 
-@pytest.mark.parametrize("parameterization", ["bspline", "rigid"])
+@pytest.mark.parametrize("parameterization", ["bspline", "rigid", "dense"])
 def test_model_without_the_force_term_starts_as_the_identity(parameterization):
     fixed, moving = blob_pair()
     u = MSODENet(parameterization, force_gain=0.0)(fixed, moving)
@@ -51,14 +51,16 @@ def test_model_without_the_force_term_starts_as_the_identity(parameterization):
     assert u.abs().max() == 0
 
 
-def test_untrained_bspline_model_reduces_a_misalignment():
-    """The classical force term alone (the starting point of training) already registers."""
+@pytest.mark.parametrize("parameterization", ["bspline", "dense"])
+def test_untrained_deformable_model_reduces_a_misalignment(parameterization):
+    """The classical force term alone (the starting point of training) already registers, without folding."""
     fixed, moving = blob_pair()
     with torch.no_grad():
-        u = MSODENet("bspline")(fixed, moving)
+        u = MSODENet(parameterization)(fixed, moving)
         before = (moving - fixed).square().mean()
         after = (ops.warp(moving, u, "border") - fixed).square().mean()
     assert after < 0.5 * before
+    assert ops.jacobian_determinant(u).min() > 0.1
 
 
 def test_mind_descriptor_ignores_the_contrast():
@@ -119,13 +121,48 @@ def test_bspline_parameterization_is_the_bspline_op():
     assert torch.equal(dense, ops.bspline_to_dense(theta, SHAPE, [4, 4, 4]))
 
 
-def test_adaptive_heun_agrees_with_fine_euler():
+@pytest.mark.parametrize("parameterization", ["bspline", "dense"])
+def test_adaptive_heun_agrees_with_fine_euler(parameterization):
     fixed, moving = blob_pair()
-    heun = randomized(MSODENet("bspline", solver="adaptive_heun", tolerance=1e-4))
-    euler = randomized(MSODENet("bspline", steps=(40, 40, 4)))
+    heun = randomized(MSODENet(parameterization, solver="adaptive_heun", tolerance=1e-4))
+    euler = randomized(MSODENet(parameterization, steps=(40, 40, 4)))
     with torch.no_grad():
         a, b = heun.integrate(fixed, moving), euler.integrate(fixed, moving)
     assert (a - b).abs().max() < 0.05 * b.abs().max()
+
+
+def test_dense_parameterization_is_the_finest_grid_displacement():
+    """theta is the displacement in finest-grid voxels; a level sees it resampled and rescaled to its voxels."""
+    model = MSODENet("dense")
+    theta = model.initial_theta(list(SHAPE), torch.zeros(1))
+    assert theta.shape == (1, 3, *SHAPE) and theta.abs().max() == 0
+    theta = torch.randn(1, 3, *SHAPE, dtype=torch.float64)
+    assert torch.equal(model.displacement(theta, list(SHAPE), list(SHAPE)), theta)
+    # A uniform shift of 4 finest voxels along axis 1 is 2 voxels of the factor-2 level.
+    shift = torch.zeros(1, 3, *SHAPE, dtype=torch.float64)
+    shift[:, 1] = 4.0
+    coarse = [(s - 1) // 2 + 1 for s in SHAPE]
+    u = model.displacement(shift, coarse, list(SHAPE))
+    assert u.shape == (1, 3, *coarse)
+    assert torch.allclose(u[:, 1], torch.full_like(u[:, 1], 2.0)) and u[:, [0, 2]].abs().max() == 0
+
+
+def test_dense_rate_smoothing_is_a_normalized_gaussian():
+    from itk_odereg.msodenet.model import DenseVelocity
+
+    net = DenseVelocity(width=4, sigma=2.0)
+    assert net.kernel.sum().item() == pytest.approx(1.0, abs=1e-6)
+    assert net.kernel.argmax().item() == net.radius and torch.equal(net.kernel, net.kernel.flip(0))
+    assert "kernel" not in net.state_dict()  # derived from sigma, not a weight
+    # Normalized with replicated edges: a uniform rate passes unchanged, right up to the faces.
+    uniform = torch.tensor([1.5, -2.0, 0.25]).view(1, 3, 1, 1, 1).expand(1, 3, 6, 7, 5).contiguous()
+    assert torch.allclose(net.smooth(uniform), uniform, atol=1e-6)
+    # and an impulse spreads into the separable 3D Gaussian, which sums to one.
+    impulse = torch.zeros(1, 3, 11, 11, 11)
+    impulse[:, :, 5, 5, 5] = 1.0
+    smoothed = net.smooth(impulse)
+    assert smoothed.sum((2, 3, 4)) == pytest.approx(torch.ones(1, 3), abs=1e-5)
+    assert smoothed[0, 0, 5, 5, 5] == pytest.approx(net.kernel.max().item() ** 3)
 
 
 def test_bad_model_arguments_are_named():
@@ -137,11 +174,12 @@ def test_bad_model_arguments_are_named():
         MSODENet("bspline", steps=(1, 2))
 
 
-def test_gradient_checkpointing_gives_the_same_gradients():
+@pytest.mark.parametrize("parameterization", ["bspline", "dense"])
+def test_gradient_checkpointing_gives_the_same_gradients(parameterization):
     fixed, moving = blob_pair()
     grads = []
     for checkpointing in (False, True):
-        model = randomized(MSODENet("bspline"))
+        model = randomized(MSODENet(parameterization))
         model.checkpointing = checkpointing
         model.integrate(fixed, moving).square().sum().backward()
         grads.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
@@ -173,9 +211,10 @@ def run_fresh(tmp_path, model_file, fixed, moving):
     return torch.load(tmp_path / "out.pt")
 
 
-def test_torchscript_cascade_runs_in_a_fresh_process(tmp_path):
+@pytest.mark.parametrize("deformable", ["bspline", "dense"])
+def test_torchscript_cascade_runs_in_a_fresh_process(tmp_path, deformable):
     fixed, moving = blob_pair()
-    model = CascadeODENet(randomized(MSODENet("rigid"), 1), randomized(MSODENet("bspline"), 2)).eval()
+    model = CascadeODENet(randomized(MSODENet("rigid"), 1), randomized(MSODENet(deformable), 2)).eval()
     with torch.no_grad():
         expected = model(fixed, moving)
     torch.jit.save(torch.jit.script(model), tmp_path / "model.pt")
@@ -184,14 +223,16 @@ def test_torchscript_cascade_runs_in_a_fresh_process(tmp_path):
     assert torch.allclose(out, expected, atol=1e-5)
 
 
-def test_torch_export_program_runs_in_a_fresh_process(tmp_path):
+@pytest.mark.parametrize("parameterization", ["bspline", "dense"])
+def test_torch_export_program_runs_in_a_fresh_process(tmp_path, parameterization):
     fixed, moving = blob_pair()
-    model = randomized(MSODENet("bspline"), 3)
+    model = randomized(MSODENet(parameterization), 3)
     with torch.no_grad():
         expected = model(fixed, moving)
     program = torch.export.export(model, (fixed, moving))
     torch.export.save(program, tmp_path / "model.pt2")
     out = run_fresh(tmp_path, tmp_path / "model.pt2", fixed, moving)
+    assert expected.abs().max() > 0.1
     assert torch.allclose(out, expected, atol=1e-5)
 
 
@@ -246,6 +287,26 @@ def test_rigid_training_runs(label_maps, tmp_path):
           log=lambda s: None)
     model, _ = load_model(tmp_path / "rigid.pt")
     assert model.parameterization == "rigid"
+
+
+def test_dense_training_runs_and_its_model_file_registers(label_maps, tmp_path):
+    """Through the command line; then register() takes the written file like any trained model."""
+    assert TrainSettings(parameterization="dense").resolved_lambda_reg() == 10.0
+    assert cli_main(["train", "--label-maps", str(label_maps), "--output", str(tmp_path / "dense.pt"), "--resolution",
+                     "8", "--iterations", "2", "--subjects", "1", "2", "3", "--threads", "1",
+                     "--parameterization", "dense"]) == 0
+    records = [json.loads(line) for line in open(tmp_path / "dense.log.jsonl")]
+    assert len(records) == 2 and all(math.isfinite(r["loss"]) for r in records)
+    assert all(r["reg"] > 0 for r in records)  # the diffusion penalty is on (lambda_reg 10)
+    model, metadata = load_model(tmp_path / "dense.pt")
+    assert model.parameterization == "dense" and metadata["training"]["parameterization"] == "dense"
+    assert model.steps == [5, 5, 4]
+    fixed, moving = brain_like_pair()
+    result = register(fixed, moving, method="msodenet", model=str(tmp_path / "dense.pt"), affine=None)
+    field = sitk.GetArrayFromImage(result.displacement_field)
+    assert np.isfinite(field).all() and np.linalg.norm(field, axis=-1).max() > 0.5  # it moved something (mm)
+    theirs = sitk.GetArrayFromImage(sitk.Resample(moving, fixed, result.transform, sitk.sitkLinear, 0.0))
+    assert np.abs(sitk.GetArrayFromImage(result.warped) - theirs).max() < 1e-3 * np.abs(theirs).max()
 
 
 def test_training_names_missing_subjects(label_maps, tmp_path):
