@@ -15,7 +15,7 @@ import torch
 from itk_odereg import ops, register
 from itk_odereg.cli import main as cli_main
 from itk_odereg.msodenet import CascadeODENet, MSODENet, TrainSettings, load_model, rigid_displacement, train
-from itk_odereg.msodenet.model import rotation_matrix
+from itk_odereg.msodenet.model import rotation_angles, rotation_matrix
 from itk_odereg.msodenet.pretrained import load_pretrained, weights_path
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script.*` is deprecated:DeprecationWarning")
@@ -46,7 +46,7 @@ def blob_pair(seed: int = 0):
 @pytest.mark.parametrize("parameterization", ["bspline", "rigid", "dense"])
 def test_model_without_the_force_term_starts_as_the_identity(parameterization):
     fixed, moving = blob_pair()
-    u = MSODENet(parameterization, force_gain=0.0)(fixed, moving)
+    u = MSODENet(parameterization, force_gain=0.0, global_search=False)(fixed, moving)
     assert u.shape == (1, 3, *SHAPE)
     assert u.abs().max() == 0
 
@@ -90,6 +90,85 @@ def test_rigid_force_fit_recovers_a_small_rigid_field():
     field = (torch.linalg.cross(omega.expand_as(r), r) + shift).t().reshape(1, 3, *shape)
     fitted = rigid_force_fit(field, torch.ones(1, 1, *shape, dtype=torch.float64))
     assert torch.allclose(fitted[0], torch.cat([omega, shift]), atol=1e-5)
+
+
+def test_rigid_force_fit_is_about_the_grid_centre_whatever_the_weights():
+    """Weights off centre (edges on one side) must not turn a pure rotation into a shift."""
+    from itk_odereg.msodenet.model import rigid_force_fit
+
+    omega = torch.tensor([0.02, 0.01, -0.03], dtype=torch.float64)
+    shape = (9, 10, 11)
+    grid = torch.stack(torch.meshgrid(*[torch.arange(s, dtype=torch.float64) for s in shape], indexing="ij"))
+    centre = torch.tensor([(s - 1) / 2 for s in shape], dtype=torch.float64).view(3, 1, 1, 1)
+    r = (grid - centre).reshape(3, -1).t()
+    field = torch.linalg.cross(omega.expand_as(r), r).t().reshape(1, 3, *shape)
+    weight = torch.zeros(1, 1, *shape, dtype=torch.float64)
+    weight[..., :4, 2:9, 5:] = 1.0
+    fitted = rigid_force_fit(field, weight)
+    assert torch.allclose(fitted[0], torch.cat([omega, torch.zeros(3, dtype=torch.float64)]), atol=1e-5)
+
+
+def test_rotation_angles_invert_rotation_matrix():
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(20):
+        angles = (torch.rand(3, generator=gen, dtype=torch.float64) * 2 - 1) * torch.tensor([3.1, 1.5, 3.1],
+                                                                                          dtype=torch.float64)
+        R = rotation_matrix(angles)
+        assert torch.allclose(rotation_angles(R), angles, atol=1e-9)
+
+
+def test_rigid_rate_turns_the_warped_image_by_its_body_rate():
+    """d(params)/dt from (omega, v) in the warped image's frame: R -> R (I + h [omega]x), t -> t + h R v."""
+    from itk_odereg.msodenet.model import rigid_parameter_rate
+
+    params = torch.tensor([[1.2, -0.9, 0.7, 3.0, -2.0, 5.0]], dtype=torch.float64)
+    body = torch.tensor([[0.3, -0.2, 0.5, 1.0, 2.0, -1.5]], dtype=torch.float64)
+    h = 1e-6
+    stepped = params + h * rigid_parameter_rate(params, body)
+    omega = body[0, :3]
+    cross = torch.tensor([[0.0, -omega[2], omega[1]], [omega[2], 0.0, -omega[0]], [-omega[1], omega[0], 0.0]],
+                         dtype=torch.float64)
+    R = rotation_matrix(params[0, :3])
+    assert torch.allclose((rotation_matrix(stepped[0, :3]) - R) / h, R @ cross, atol=1e-4)
+    assert torch.allclose((stepped[0, 3:] - params[0, 3:]) / h, R @ body[0, 3:], atol=1e-4)
+
+
+def asymmetric_head(shape=(57, 65, 53)):
+    """A head-like ellipsoid with a 'cerebellum' bulging out at one end, an off-centre bright lobe and a
+    dark core: no symmetry to confuse a search, in the outline (what a contrast change keeps) too."""
+    g = torch.stack(torch.meshgrid(*[torch.arange(s, dtype=torch.float32) - (s - 1) / 2 for s in shape],
+                                   indexing="ij"))
+    outline = ((g[0] / 17) ** 2 + (g[1] / 24) ** 2 + (g[2] / 15) ** 2 < 1)
+    outline |= (((g[0] + 12) / 8) ** 2 + ((g[1] + 18) / 9) ** 2 + ((g[2] - 4) / 8) ** 2 < 1)
+    head = outline.float() * 0.6
+    head += ((((g[0] - 6) / 6) ** 2 + ((g[1] + 9) / 8) ** 2 + ((g[2] - 5) / 5) ** 2) < 1).float() * 0.4
+    head -= ((g[0] / 5) ** 2 + ((g[1] - 8) / 6) ** 2 + (g[2] / 5) ** 2 < 1).float() * 0.4
+    return head[None, None]
+
+
+@pytest.mark.parametrize("angles_deg", [(70.0, -60.0, 75.0), (-120.0, 40.0, -30.0)])
+def test_rigid_model_finds_a_head_turned_far(angles_deg):
+    """The global search puts the ODE in the right basin; the ODE converges there (another contrast too)."""
+    moving = asymmetric_head()
+    shape = list(moving.shape[2:])
+    truth = torch.tensor([[*[math.radians(a) for a in angles_deg], 2.0, -3.0, 1.5]])
+    u_true = rigid_displacement(truth, shape, shape)
+    fixed = ops.warp(moving, u_true, "zeros")
+    inverted = torch.where(fixed > 0.05, 1.2 - fixed, fixed)  # another contrast, background kept dark
+    head = fixed[0, 0] > 0.05
+    for target in (fixed, inverted):
+        with torch.no_grad():
+            u = MSODENet("rigid")(target, moving)
+        error = (u - u_true).square().sum(1)[0][head].mean().sqrt()
+        assert error < 0.5, (angles_deg, float(error))  # voxels
+    local = MSODENet("rigid", global_search=False)
+    with torch.no_grad():
+        assert (local(fixed, moving) - u_true).square().sum(1)[0][head].mean().sqrt() > 5.0
+
+
+def test_global_search_is_only_for_rigid_models():
+    with pytest.raises(ValueError, match="global_search"):
+        MSODENet("bspline", global_search=True)
 
 
 def test_rigid_displacement_is_the_rotation_about_the_centre():

@@ -7,10 +7,9 @@ Every iteration draws, from the training subjects:
   a random known transformation theta~ (B-spline and dense: the displacement
   of B-spline control-point noise of SD ``perturbation_mm``, a smooth random
   field; rigid: rotations up to ``max_rotation_deg`` and translations up to
-  ``max_translation_mm``). L_self = (theta_T - theta~)^2, in units of the
-  perturbation's size so that it is O(1): for rigid motions on the 6
-  parameters (angles weighted by a brain radius), for B-spline and dense models
-  on the dense displacement (voxels) inside the head;
+  ``max_translation_mm``). L_self = |phi_T - phi~|^2 on the dense
+  displacement (voxels) inside the head, in units of the perturbation's size
+  so that it is O(1);
 * an **inter-subject** pair with independent random contrasts:
   L_sim = the modality-independent similarity (``metric``, NGF by default)
   of fixed and warped moving, and L_reg = the diffusion energy of the map.
@@ -74,15 +73,8 @@ class TrainSettings:
         return {"dense": 10.0, "bspline": 2.0}.get(self.parameterization, 0.0)
 
 
-def _default_steps(parameterization: str):
-    # Dense takes B-spline's steps, not the paper's (5, 5, 2): its default force gains were chosen with them,
-    # and on the synthetic checks 2 fine steps left more residual (MSE 0.17 of the initial against 0.075).
-    return (5, 5, 4) if parameterization in ("bspline", "dense") else (5, 5, 10)
-
-
 def build_model(settings: TrainSettings) -> MSODENet:
-    kwargs = dict({"parameterization": settings.parameterization,
-                   "steps": _default_steps(settings.parameterization)}, **settings.model)
+    kwargs = dict({"parameterization": settings.parameterization}, **settings.model)
     return MSODENet(**kwargs)
 
 
@@ -93,34 +85,28 @@ def _random_rigid(settings: TrainSettings, generator: torch.Generator) -> torch.
     return torch.cat([angles, shift])[None]
 
 
-def _random_perturbation(model: MSODENet, shape, settings: TrainSettings, generator: torch.Generator):
-    """(theta~ or None, its displacement [1, 3, *shape] in voxels, fixed to moving): the
-    self-supervised target. Dense models get the B-spline models' smooth random field
-    (theta~ None: their target is the displacement itself)."""
+def _random_perturbation(model: MSODENet, shape, settings: TrainSettings, generator: torch.Generator) -> torch.Tensor:
+    """The self-supervised target: a displacement [1, 3, *shape] in voxels, fixed to moving.
+    B-spline and dense models get the same smooth random field."""
     if model.parameterization == "rigid":
-        theta = _random_rigid(settings, generator)
-        return theta, rigid_displacement(theta, list(shape), list(shape))
+        return rigid_displacement(_random_rigid(settings, generator), list(shape), list(shape))
     spacing = max(1, int(round(settings.perturbation_spacing_mm / settings.resolution_mm)))
     grid = [(s - 1) // spacing + 4 for s in shape]
     amplitude = (0.25 + 0.75 * torch.rand((), generator=generator)) * settings.perturbation_mm / settings.resolution_mm
     control = torch.randn(1, 3, *grid, generator=generator) * amplitude
-    return None, ops.bspline_to_dense(control, list(shape), [spacing] * 3)
+    return ops.bspline_to_dense(control, list(shape), [spacing] * 3)
 
 
-def _self_loss(model: MSODENet, predicted: torch.Tensor, target_theta: Optional[torch.Tensor],
-               target_displacement: torch.Tensor, settings: TrainSettings, mask: torch.Tensor) -> torch.Tensor:
-    """||theta_T - theta~||^2 in units of the perturbation's size. For B-spline and dense
-    models it is measured on the dense field (voxels) inside ``mask`` (the head):
-    control points or voxels over empty background move nothing visible, and their
-    noise would swamp the signal."""
-    if model.parameterization == "rigid":
-        # Angles weighted by a brain radius (40 voxels) so that both parts are in voxels of motion.
-        weights = torch.tensor([40.0] * 3 + [1.0] * 3, device=predicted.device)
-        scale = settings.max_translation_mm / settings.resolution_mm
-        return (((predicted - target_theta) * weights) ** 2).mean() / scale**2
+def _self_loss(model: MSODENet, predicted: torch.Tensor, target_displacement: torch.Tensor,
+               settings: TrainSettings, mask: torch.Tensor) -> torch.Tensor:
+    """||phi_T - phi~||^2 on the dense displacement (voxels) inside ``mask`` (the head), in
+    units of the perturbation's size: control points or voxels over empty background
+    move nothing visible, and their noise would swamp the signal. Rigid motions are
+    compared on the field too, because one rotation has several sets of angles."""
     shape = list(mask.shape[2:])
     error = model.displacement(predicted, shape, shape) - target_displacement
-    scale = settings.perturbation_mm / settings.resolution_mm
+    scale = (settings.max_translation_mm if model.parameterization == "rigid" else settings.perturbation_mm)
+    scale = scale / settings.resolution_mm
     return (error.square().sum(1, keepdim=True) * mask).sum() / mask.sum().clamp_min(1) / scale**2
 
 
@@ -167,14 +153,13 @@ def train(label_maps: str | Path, output: str | Path, settings: TrainSettings | 
         moving = random_contrast_image(labels[a], generator).to(device)
         same = torch.rand((), generator=generator) < settings.same_contrast_fraction
         twin = moving if same else random_contrast_image(labels[a], generator).to(device)
-        target_theta, target_u = _random_perturbation(model, shape, settings, generator)
+        target_u = _random_perturbation(model, shape, settings, generator)
         target_u = target_u.to(device)
-        target_theta = target_theta.to(device) if target_theta is not None else None
         with torch.no_grad():
             fixed = ops.warp(twin, target_u, "zeros")
             head = (ops.warp((labels[a] > 0).float()[None, None].to(device), target_u, "zeros") > 0.5).float()
         predicted = model.integrate(fixed, moving)
-        loss_self = _self_loss(model, predicted, target_theta, target_u, settings, head)
+        loss_self = _self_loss(model, predicted, target_u, settings, head)
         # Unsupervised: an inter-subject pair with independent contrasts.
         fixed_b = random_contrast_image(labels[b], generator).to(device)
         moving_a = random_contrast_image(labels[a], generator).to(device)
