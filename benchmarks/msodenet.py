@@ -10,7 +10,8 @@ Tasks (2 mm, box 160x192x160 mm, validation subjects only: 09 and 10 by default)
   (T1-like to T1-like, T1-like to T2-like), affinely pre-aligned; every
   method runs its deformable stage only.
 * ``rigid75``: a subject's T1-like image against itself moved by a random
-  rigid transformation: rotations U(-75, 75) degrees about each axis and
+  rigid transformation: rotations U(-75, 75) degrees about each axis (sitk's
+  Euler3DTransform, about the box centre; up to about 140 degrees in all) and
   translations U(-20, 20) mm (the paper's Table 1 protocol). The fixed image
   is the moved copy, so the true fixed-to-moving map is known.
 * ``bspline8``: likewise with a cubic B-spline deformation whose control
@@ -20,7 +21,9 @@ Methods: ``msodenet:R``, ``msodenet:B``, ``msodenet:R+B`` (trained models,
 ``--model-dir`` with ``rigid.pt`` and ``bspline.pt``; default: the models
 shipped in the package; through ``register(method="msodenet", model=...)``),
 ``msodenet:B0`` (an untrained B-spline model: the classical MIND-demons force
-term alone, which training starts from; shows what training added), ``nodeo``,
+term alone, which training starts from; shows what training added),
+``msodenet:D0`` (the dense parameterization, untrained: no dense model is
+shipped; its force term, as B0's), ``nodeo``,
 ``msodenet+nodeo`` (all with ``affine=None``), and ANTs (antspyx): SyN
 ("SyNOnly", CC or Mattes as in accuracy.py) on the deformable tasks, "Rigid"
 on ``rigid75``.
@@ -47,7 +50,8 @@ sys.path.insert(0, str(HERE))
 import _synth  # noqa: E402
 import accuracy  # noqa: E402
 
-METHODS = ("msodenet:R", "msodenet:B0", "msodenet:B", "msodenet:R+B", "nodeo", "msodenet+nodeo", "ants")
+METHODS = ("msodenet:R", "msodenet:B0", "msodenet:D0", "msodenet:B", "msodenet:R+B", "nodeo", "msodenet+nodeo",
+           "ants")
 TASKS = ("mono", "multi", "rigid75", "bspline8")
 
 
@@ -62,26 +66,34 @@ def _reset_peak() -> float:
 MODEL_DIR = Path(".")
 
 
-def _untrained_bspline(work: Path) -> Path:
+def _untrained(parameterization: str, work: Path) -> Path:
+    import torch
+
     from itk_odereg.msodenet import MSODENet, save_model
 
-    path = work.parent / "bspline_untrained.pt"
+    path = work.parent / f"{parameterization}_untrained.pt"
     if not path.exists():
-        save_model(MSODENet("bspline"), path, {"resolution_mm": 2.0, "iterations": 0})
+        torch.manual_seed(0)  # the zero-initialized output layers make the rate independent of the seed
+        save_model(MSODENet(parameterization), path, {"resolution_mm": 2.0, "iterations": 0})
     return path
 
 
 def run_method(method: str, fixed: sitk.Image, moving: sitk.Image, task: str, work: Path) -> tuple[sitk.Transform, dict]:
     """Register and return the fixed-to-moving transform and the cost."""
+    model = None
+    if method.startswith("msodenet:"):
+        rigid, bspline = str(MODEL_DIR / "rigid.pt"), str(MODEL_DIR / "bspline.pt")
+        variant = method.split(":")[1]
+        if variant in ("B0", "D0"):  # written before the clock starts
+            model = str(_untrained({"B0": "bspline", "D0": "dense"}[variant], work))
+        else:
+            model = {"R": rigid, "B": bspline, "R+B": f"{rigid}+{bspline}"}[variant]
     rss0 = _reset_peak()
     t0 = time.perf_counter()
     metric = "lncc" if task != "multi" else "ngf"
-    if method.startswith("msodenet:"):
+    if model is not None:
         from itk_odereg import register
 
-        rigid, bspline = str(MODEL_DIR / "rigid.pt"), str(MODEL_DIR / "bspline.pt")
-        model = {"R": rigid, "B": bspline, "R+B": f"{rigid}+{bspline}",
-                 "B0": str(_untrained_bspline(work))}[method.split(":")[1]]
         result = register(fixed, moving, method="msodenet", model=model, affine=None, resolution_mm=None)
         transform = result.transform
     elif method in ("nodeo", "msodenet+nodeo"):
