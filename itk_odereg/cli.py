@@ -133,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "(MS-ODENet first, then NODEO refines)")
     reg.add_argument("--model", default="bspline", metavar="NAME|FILE",
                      help="MS-ODENet model for the msodenet methods: a .pt file written by `itk-odereg train`, "
-                          "or a shipped name bspline (default; after the affine stage), rigid+bspline (for unaligned inputs, with --affine none), rigid")
+                          "or a shipped name bspline (default; after the affine stage), rigid+bspline (for "
+                          "unaligned inputs in any orientation, with --affine none), rigid")
     reg.add_argument("--metric", choices=["lncc", "mse", "mi", "ngf"], default="lncc",
                      help="similarity: lncc (local NCC, same contrast; default), mse, "
                           "ngf (normalized gradient fields: different contrasts such as T1 to T2, recommended; "

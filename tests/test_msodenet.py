@@ -51,6 +51,24 @@ def test_model_without_the_force_term_starts_as_the_identity(parameterization):
     assert u.abs().max() == 0
 
 
+@pytest.mark.parametrize("parameterization", ["bspline", "rigid", "dense"])
+def test_an_image_registered_to_itself_does_not_move_whatever_the_weights(parameterization):
+    """Aligned images are a fixed point of the ODE: the networks' rate at alignment is subtracted."""
+    fixed, _ = blob_pair()
+    model = randomized(MSODENet(parameterization))
+    with torch.no_grad():
+        assert model(fixed, fixed).abs().max() < 1e-5
+        # The same random networks do move a misaligned pair: the anchor removes a bias, not the rate.
+        assert model(fixed, torch.roll(fixed, 2, dims=3)).abs().max() > 1e-2
+
+
+def test_shipped_cascade_leaves_an_image_registered_to_itself_alone():
+    fixed, _ = brain_like_pair()
+    result = register(fixed, fixed, method="msodenet", model="rigid+bspline", affine=None)
+    field = sitk.GetArrayFromImage(result.displacement_field)
+    assert np.linalg.norm(field, axis=-1).max() < 0.05  # mm
+
+
 @pytest.mark.parametrize("parameterization", ["bspline", "dense"])
 def test_untrained_deformable_model_reduces_a_misalignment(parameterization):
     """The classical force term alone (the starting point of training) already registers, without folding."""

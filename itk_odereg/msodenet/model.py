@@ -249,6 +249,17 @@ def registration_features(warped: torch.Tensor, fixed: torch.Tensor, fixed_cues:
                       edges, residual.abs().mean(1, keepdim=True), force], 1)
 
 
+def anchored_features(warped: torch.Tensor, fixed: torch.Tensor, fixed_cues: Tuple[torch.Tensor, torch.Tensor],
+                      t: float) -> torch.Tensor:
+    """[2, C, *S]: :func:`registration_features` of (warped, fixed) and of the aligned pair
+    (fixed, fixed) at the same t, batched. A network evaluated on both returns its rate
+    minus its rate at alignment, so aligned images are a fixed point of the ODE (an image
+    registered to itself does not move), whatever the weights: trained networks
+    otherwise learn a response to edges alone, up to a voxel or more."""
+    return torch.cat([registration_features(warped, fixed, fixed_cues, t),
+                      registration_features(fixed, fixed, fixed_cues, t)], 0)
+
+
 def _coordinates(like: torch.Tensor) -> torch.Tensor:
     """[1, 3, *S] voxel positions scaled to [-1, 1] per axis (tensor order)."""
     axes = [torch.linspace(-1.0, 1.0, s, dtype=like.dtype, device=like.device) for s in like.shape[2:]]
@@ -378,7 +389,8 @@ def global_rigid_search(fixed: torch.Tensor, moving: torch.Tensor, reference_sha
 class RigidVelocity(nn.Module):
     """f_l for rigid parameters: strided convolutions, pooling, two fully connected layers -> 6 rates.
 
-    Input: :func:`registration_features` and the voxel coordinates, so that
+    Input: :func:`anchored_features` (the network's rate at alignment is
+    subtracted) and the voxel coordinates, so that
     the pooled features carry moments (where the edges are, not only what
     they look like), which rotations and translations are read from. The
     features are pooled onto a 2x2x2 grid rather than globally, for the same
@@ -409,7 +421,7 @@ class RigidVelocity(nn.Module):
 
     def forward(self, warped: torch.Tensor, fixed: torch.Tensor, fixed_cues: Tuple[torch.Tensor, torch.Tensor],
                 t: float, theta_shape: List[int]) -> torch.Tensor:
-        features = registration_features(warped, fixed, fixed_cues, t)
+        features = anchored_features(warped, fixed, fixed_cues, t)
         scale = 1.0
         if max(fixed.shape[2:]) > 64:
             # Six parameters need no fine detail: halve large levels (cost, and the fit's sums).
@@ -417,19 +429,21 @@ class RigidVelocity(nn.Module):
             scale = 2.0
         k = self.force_channel
         e = self.edge_channel
-        fitted = rigid_force_fit(features[:, k:k + 3], features[:, e:e + 1])
+        # The force vanishes at alignment already: fitted on the registered pair only.
+        fitted = rigid_force_fit(features[:1, k:k + 3], features[:1, e:e + 1])
         # Translations fitted on the halved grid are in its voxels.
         fitted = fitted * torch.tensor([1.0, 1.0, 1.0, scale, scale, scale], dtype=fitted.dtype, device=fitted.device)
-        x = torch.cat([features, _coordinates(features)], 1)
-        pooled = F.adaptive_avg_pool3d(self.encoder(x), 2).reshape(1, -1)
-        return self.head(pooled) * self.output_scale + self.force_gain * fitted
+        x = torch.cat([features, _coordinates(features).expand(2, 3, -1, -1, -1)], 1)
+        rates = self.head(F.adaptive_avg_pool3d(self.encoder(x), 2).reshape(2, -1))
+        return (rates[:1] - rates[1:]) * self.output_scale + self.force_gain * fitted
 
 
 class BSplineVelocity(nn.Module):
     """f_l for a cubic B-spline control grid: convolutions down to about the control
     resolution (``downsample`` stride-2 layers), then resampled to the grid's shape.
 
-    Input: :func:`registration_features`. Output [1, 3, *G]: d(control
+    Input: :func:`anchored_features` (the rate at alignment is subtracted).
+    Output [1, 3, *G]: d(control
     displacement)/dt in finest-grid voxels.
 
     The rate is a linear map of the (pooled) features plus a convolutional
@@ -460,10 +474,11 @@ class BSplineVelocity(nn.Module):
 
     def forward(self, warped: torch.Tensor, fixed: torch.Tensor, fixed_cues: Tuple[torch.Tensor, torch.Tensor],
                 t: float, theta_shape: List[int]) -> torch.Tensor:
-        features = registration_features(warped, fixed, fixed_cues, t)
+        features = anchored_features(warped, fixed, fixed_cues, t)
         encoded = self.encoder(features)
         pooled = F.adaptive_avg_pool3d(features, [encoded.shape[2], encoded.shape[3], encoded.shape[4]])
-        rates = (self.out(encoded) + self.shortcut(pooled)) * self.output_scale
+        rates = self.out(encoded) + self.shortcut(pooled)
+        rates = (rates[:1] - rates[1:]) * self.output_scale
         return F.interpolate(rates, size=theta_shape[2:], mode="trilinear", align_corners=True)
 
 
@@ -479,7 +494,8 @@ class DenseVelocity(nn.Module):
     ``width``, 2 ``width``, 2 ``width`` channels, skip connections, LeakyReLU), then a
     Gaussian smoothing of the rate, upsampled to theta's grid (the finest).
 
-    Input: :func:`registration_features` on this level's grid. Output [1, 3, *theta
+    Input: :func:`anchored_features` on this level's grid (the rate at alignment
+    is subtracted). Output [1, 3, *theta
     shape]: d(displacement)/dt in finest-grid voxels per unit time, fixed to moving.
 
     As in :class:`BSplineVelocity`, the rate is a linear 1x1 map of the features
@@ -545,8 +561,9 @@ class DenseVelocity(nn.Module):
 
     def forward(self, warped: torch.Tensor, fixed: torch.Tensor, fixed_cues: Tuple[torch.Tensor, torch.Tensor],
                 t: float, theta_shape: List[int]) -> torch.Tensor:
-        features = registration_features(warped, fixed, fixed_cues, t)
-        rates = self.smooth((self.unet(features) + self.shortcut(features)) * self.output_scale)
+        features = anchored_features(warped, fixed, fixed_cues, t)
+        rates = self.unet(features) + self.shortcut(features)
+        rates = self.smooth((rates[:1] - rates[1:]) * self.output_scale)
         # Already in finest-grid voxels: resampling onto theta's grid needs no rescaling.
         return F.interpolate(rates, size=theta_shape[2:], mode="trilinear", align_corners=True)
 
