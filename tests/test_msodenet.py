@@ -320,7 +320,7 @@ def test_torchscript_cascade_runs_in_a_fresh_process(tmp_path, deformable):
     assert torch.allclose(out, expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("parameterization", ["bspline", "dense"])
+@pytest.mark.parametrize("parameterization", ["bspline", "dense", "rigid"])
 def test_torch_export_program_runs_in_a_fresh_process(tmp_path, parameterization):
     fixed, moving = blob_pair()
     model = randomized(MSODENet(parameterization), 3)
