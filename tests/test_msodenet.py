@@ -599,3 +599,12 @@ def test_shipped_cascade_exports_and_runs_in_a_fresh_process(tmp_path):
     export_model("rigid+bspline", tmp_path / "shipped.pt")
     out = run_fresh(tmp_path, tmp_path / "shipped.pt", fixed, moving)
     assert torch.allclose(out, expected, atol=1e-5)
+
+
+def test_aligned_features_are_the_features_of_the_aligned_pair():
+    """The anchor's closed form equals registration_features(fixed, fixed) (which it saves computing)."""
+    from itk_odereg.msodenet.model import aligned_features, fixed_image_cues, registration_features
+
+    fixed, _ = blob_pair()
+    cues = fixed_image_cues(fixed)
+    assert torch.equal(aligned_features(fixed, cues, 1.7), registration_features(fixed, fixed, cues, 1.7))

@@ -256,8 +256,17 @@ def anchored_features(warped: torch.Tensor, fixed: torch.Tensor, fixed_cues: Tup
     minus its rate at alignment, so aligned images are a fixed point of the ODE (an image
     registered to itself does not move), whatever the weights: trained networks
     otherwise learn a response to edges alone, up to a voxel or more."""
-    return torch.cat([registration_features(warped, fixed, fixed_cues, t),
-                      registration_features(fixed, fixed, fixed_cues, t)], 0)
+    return torch.cat([registration_features(warped, fixed, fixed_cues, t), aligned_features(fixed, fixed_cues, t)], 0)
+
+
+def aligned_features(fixed: torch.Tensor, fixed_cues: Tuple[torch.Tensor, torch.Tensor], t: float) -> torch.Tensor:
+    """:func:`registration_features` of (fixed, fixed), from the fixed image's cues alone: at
+    alignment the residual, the MIND residual and both forces vanish, and n_w = n_f."""
+    n_f, _ = fixed_cues
+    edges = n_f.square().sum(1, keepdim=True)
+    zero = torch.zeros_like(fixed)
+    return torch.cat([fixed, fixed, torch.full_like(fixed, t / 3.0), n_f, n_f, edges, zero, zero, zero, edges,
+                      zero, zero, zero, zero], 1)
 
 
 def _coordinates(like: torch.Tensor) -> torch.Tensor:
