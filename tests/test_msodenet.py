@@ -62,6 +62,15 @@ def test_an_image_registered_to_itself_does_not_move_whatever_the_weights(parame
         assert model(fixed, torch.roll(fixed, 2, dims=3)).abs().max() > 1e-2
 
 
+def test_aligned_features_are_the_features_of_the_aligned_pair():
+    """The anchor's closed form equals registration_features(fixed, fixed) (which it saves computing)."""
+    from itk_odereg.msodenet.model import aligned_features, fixed_image_cues, registration_features
+
+    fixed, _ = blob_pair()
+    cues = fixed_image_cues(fixed)
+    assert torch.equal(aligned_features(fixed, cues, 1.7), registration_features(fixed, fixed, cues, 1.7))
+
+
 def test_shipped_cascade_leaves_an_image_registered_to_itself_alone():
     fixed, _ = brain_like_pair()
     result = register(fixed, fixed, method="msodenet", model="rigid+bspline", affine=None)
@@ -600,11 +609,3 @@ def test_shipped_cascade_exports_and_runs_in_a_fresh_process(tmp_path):
     out = run_fresh(tmp_path, tmp_path / "shipped.pt", fixed, moving)
     assert torch.allclose(out, expected, atol=1e-5)
 
-
-def test_aligned_features_are_the_features_of_the_aligned_pair():
-    """The anchor's closed form equals registration_features(fixed, fixed) (which it saves computing)."""
-    from itk_odereg.msodenet.model import aligned_features, fixed_image_cues, registration_features
-
-    fixed, _ = blob_pair()
-    cues = fixed_image_cues(fixed)
-    assert torch.equal(aligned_features(fixed, cues, 1.7), registration_features(fixed, fixed, cues, 1.7))
