@@ -447,6 +447,21 @@ class RigidVelocity(nn.Module):
         return (rates[:1] - rates[1:]) * self.output_scale + self.force_gain * fitted
 
 
+def _rate_layers(width: int, force_weight: float) -> Tuple[nn.Conv3d, nn.Conv3d]:
+    """(out, shortcut) of a deformable rate: the network's 3x3x3 output layer, zero, and the 1x1
+    linear map of the features, ``force_weight`` times the MIND demons force and zero elsewhere,
+    so that an untrained rate is the classical force alone."""
+    out = nn.Conv3d(width, 3, 3, padding=1)
+    shortcut = nn.Conv3d(FEATURE_CHANNELS, 3, 1)
+    for layer in (out, shortcut):
+        nn.init.zeros_(layer.weight)
+        nn.init.zeros_(layer.bias)
+    with torch.no_grad():
+        for axis in range(3):
+            shortcut.weight[axis, MIND_FORCE + axis] = force_weight
+    return out, shortcut
+
+
 class BSplineVelocity(nn.Module):
     """f_l for a cubic B-spline control grid: convolutions down to about the control
     resolution (``downsample`` stride-2 layers), then resampled to the grid's shape.
@@ -471,15 +486,8 @@ class BSplineVelocity(nn.Module):
             layers.append(_conv(width, width, 2))
         layers.append(_conv(width, width, 1))
         self.encoder = nn.Sequential(*layers)
-        self.out = nn.Conv3d(width, 3, 3, padding=1)
-        self.shortcut = nn.Conv3d(FEATURE_CHANNELS, 3, 1)
-        for layer in (self.out, self.shortcut):
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
         self.output_scale = float(output_scale)
-        with torch.no_grad():
-            for axis in range(3):
-                self.shortcut.weight[axis, MIND_FORCE + axis] = force_gain * factor / self.output_scale
+        self.out, self.shortcut = _rate_layers(width, force_gain * factor / self.output_scale)
 
     def forward(self, warped: torch.Tensor, fixed: torch.Tensor, fixed_cues: Tuple[torch.Tensor, torch.Tensor],
                 t: float, theta_shape: List[int]) -> torch.Tensor:
@@ -534,15 +542,8 @@ class DenseVelocity(nn.Module):
         self.enc2 = _conv(2 * width, 2 * width, 2)
         self.dec1 = _conv(4 * width, 2 * width, 1)
         self.dec0 = _conv(3 * width, width, 1)
-        self.out = nn.Conv3d(width, 3, 3, padding=1)
-        self.shortcut = nn.Conv3d(FEATURE_CHANNELS, 3, 1)
-        for layer in (self.out, self.shortcut):
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
         self.output_scale = float(output_scale)
-        with torch.no_grad():
-            for axis in range(3):
-                self.shortcut.weight[axis, MIND_FORCE + axis] = force_gain * factor / self.output_scale
+        self.out, self.shortcut = _rate_layers(width, force_gain * factor / self.output_scale)
         # Derived from sigma, not trained: kept out of the state dict (persistent=False).
         self.radius = int(math.ceil(2.0 * sigma))
         self.register_buffer("kernel", gaussian_kernel(sigma, self.radius), persistent=False)
