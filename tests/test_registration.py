@@ -169,6 +169,35 @@ def test_known_smooth_deformation_is_recovered():
     assert result.folding_percent == 0.0
 
 
+def test_nodeo_refines_through_an_initial_map_resampling_moving_once():
+    """msodenet+nodeo: NODEO sees the moving image through the earlier stage's map u0 (one
+    resampling of the original): where u0 is already right, the composed map stays at u0."""
+    from itk_odereg.losses import make_metric
+    from itk_odereg.registration.nodeo import nodeo_register
+
+    shape = (24, 24, 24)
+    base = phantom(shape, seed=6)
+    control = torch.randn(1, 3, *ops.bspline_control_shape(shape, (6, 6, 6)), generator=torch.Generator().manual_seed(7))
+    u0 = ops.bspline_to_dense(1.5 * control, shape, (6, 6, 6))
+    fixed = ops.warp(base, u0)
+    settings = NODEOSettings(levels=(1.0,), iterations=(15,), control_spacing_mm=6.0, smoothing_mm=3.0)
+    result = nodeo_register(fixed, base, (1.0, 1.0, 1.0), settings, initial_displacement=u0)
+    # The flow starts at the identity, so its first loss is that of moving o u0 itself.
+    first = float(make_metric("lncc")(fixed, ops.warp(base, u0)))
+    assert result.loss_history[0]["similarity"] == pytest.approx(first, abs=1e-5)
+    composed = result.displacement + ops.warp(u0, result.displacement, "border")
+    plain = nodeo_register(fixed, base, (1.0, 1.0, 1.0), settings)
+    inside = base > 0.35
+    rms = lambda u: float(((u - u0).square().sum(1, keepdim=True)[inside]).mean().sqrt())  # noqa: E731
+    # Inside the phantom, the composed map is u0 to about a tenth of a voxel (measured 0.11);
+    # NODEO alone, with the same iterations, gets to about 0.3 of the 0.9 voxel RMS.
+    assert rms(composed) < 0.2
+    assert rms(composed) < 0.5 * rms(plain.displacement)
+    assert plain.loss_history[0]["similarity"] > result.loss_history[0]["similarity"]
+    with pytest.raises(ValueError, match="initial_displacement"):
+        nodeo_register(fixed, base, (1.0, 1.0, 1.0), settings, initial_displacement=u0[:, :2])
+
+
 def test_affine_stage_recovers_a_25_degree_rotation():
     fixed_t = phantom((36, 36, 36), seed=6)
     fixed = to_sitk(fixed_t, (2.0, 2.0, 2.0), origin=(-35.0, -35.0, -35.0))

@@ -340,10 +340,12 @@ def _deformable_stage(method, fixed_w, moving_w, spacing_mm, nodeo_settings, pro
     timings["msodenet"] = learned.seconds
     if method == "msodenet":
         return learned
-    # NODEO refines the learned map: it registers the moving image warped by
-    # u0, and the maps compose, x -> x + u_n(x) -> (that) + u0(that).
+    # NODEO refines the learned map: it registers the moving image seen through
+    # u0 (resampled once, not warped by u0 and again by u_n), and the maps
+    # compose, x -> x + u_n(x) -> (that) + u0(that).
     u0, w0 = learned.displacement, learned.inverse_displacement
-    refined = nodeo_register(fixed_w, ops.warp(moving_w, u0, "zeros"), spacing_mm, nodeo_settings, progress=progress)
+    refined = nodeo_register(fixed_w, moving_w, spacing_mm, nodeo_settings, progress=progress,
+                             initial_displacement=u0)
     refined.displacement = refined.displacement + ops.warp(u0, refined.displacement, "border")
     refined.inverse_displacement = w0 + ops.warp(refined.inverse_displacement, w0, "border")
     return refined

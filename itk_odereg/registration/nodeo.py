@@ -131,6 +131,7 @@ def nodeo_register(
     spacing_mm: Sequence[float],
     settings: NODEOSettings | None = None,
     progress: Optional[Callable[[dict], None]] = None,
+    initial_displacement: Optional[torch.Tensor] = None,
 ) -> NODEOResult:
     """Optimize a NODEO flow that warps ``moving`` onto ``fixed``.
 
@@ -141,13 +142,24 @@ def nodeo_register(
         settings: :class:`NODEOSettings`.
         progress: called after every iteration with a dict (level, iteration,
             iterations, loss and its terms).
+        initial_displacement: optional u0, Tensor[1, ndim, *S] in voxels of this
+            grid, fixed to moving (an earlier stage's map, e.g. MS-ODENet's). The
+            flow then registers ``moving`` seen through u0: it minimizes the loss of
+            ``moving(x + u(x) + u0(x + u(x)))``, resampling ``moving`` once rather
+            than warping it by u0 first and again by u (each trilinear resampling
+            blurs). The penalties act on the flow's own u.
 
     Returns:
-        :class:`NODEOResult` with u such that ``warp(moving, u) ~ fixed``.
+        :class:`NODEOResult` with u such that ``warp(moving, u) ~ fixed``, or, with
+        ``initial_displacement``, u the flow's own map, to be composed with u0 as
+        ``u + warp(u0, u)``.
     """
     settings = settings or NODEOSettings()
     if fixed.shape != moving.shape:
         raise ValueError(f"nodeo_register(): 'fixed' {list(fixed.shape)} and 'moving' {list(moving.shape)} must match")
+    if initial_displacement is not None and tuple(initial_displacement.shape) != (1, fixed.dim() - 2, *fixed.shape[2:]):
+        raise ValueError(f"nodeo_register(): 'initial_displacement' {list(initial_displacement.shape)} must be "
+                         f"{[1, fixed.dim() - 2, *fixed.shape[2:]]} (voxels on the images' grid)")
     if settings.seed is not None:
         torch.manual_seed(settings.seed)
     start = time.perf_counter()
@@ -175,11 +187,16 @@ def nodeo_register(
         moving_l = downsample_image(moving, spacing_mm, level)
         view = torch.tensor(level.spacing_mm, dtype=fixed.dtype, device=fixed.device).view(1, ndim, *([1] * ndim))
         flow_level = _flow_level(level, control_spacing_mm)
+        initial_l = None
+        if initial_displacement is not None:
+            full_view = torch.tensor(spacing_mm, dtype=fixed.dtype, device=fixed.device).view(1, ndim, *([1] * ndim))
+            initial_l = resample_to_shape(initial_displacement * full_view, level.shape) / view
         for iteration in range(iterations):
             optimizer.zero_grad(set_to_none=True)
             u_mm, kinetic = flow(flow_level.shape, flow_level.spacing_mm)
             u_vox = resample_to_shape(u_mm, level.shape) / view
-            warped = ops.warp(moving_l, u_vox, "zeros")
+            sampled = u_vox if initial_l is None else u_vox + ops.warp(initial_l, u_vox, "border")
+            warped = ops.warp(moving_l, sampled, "zeros")
             similarity = metric(fixed_l, warped)
             jacobian = ops.jacobian_penalty(u_vox, settings.jacobian_threshold)
             smoothness = ops.diffusion_energy(u_vox, level.spacing_mm)
