@@ -388,6 +388,16 @@ def test_training_resumes_from_its_checkpoint(label_maps, tmp_path):
     assert losses(tmp_path / "part.pt") == pytest.approx(losses(tmp_path / "full.pt"), rel=1e-5)
 
 
+def test_resumed_training_runs_at_the_learning_rate_it_is_given(label_maps, tmp_path):
+    """A fine-tuning phase: resuming with a lower rate must use it, not the checkpoint's."""
+    train(label_maps, tmp_path / "m.pt", quick_settings(iterations=2), log=lambda s: None)
+    lines = []
+    train(label_maps, tmp_path / "m.pt", quick_settings(iterations=3, learning_rate=1e-5), log=lines.append)
+    assert any("learning rate 0.0005 -> 1e-05" in line for line in lines)
+    state = torch.load(tmp_path / "m.ckpt", weights_only=False)
+    assert [g["lr"] for g in state["optimizer"]["param_groups"]] == [1e-5]
+
+
 def test_rigid_training_runs(label_maps, tmp_path):
     train(label_maps, tmp_path / "rigid.pt", quick_settings(parameterization="rigid", iterations=2),
           log=lambda s: None)

@@ -19,8 +19,9 @@ lambda_reg = 10 for dense, 2 for B-spline, as in the paper, and 0 for rigid).
 Adam, with the gradient norm clipped at ``max_grad_norm``. Every ODE step is
 gradient-checkpointed, so memory does not grow with the number of steps.
 Checkpoints (model, optimizer, iteration, RNG states) are written atomically
-every ``checkpoint_every`` iterations and training resumes from them; with the
-same seed a run is reproducible on the same machine.
+every ``checkpoint_every`` iterations and training resumes from them, at the
+``learning_rate`` of the resuming call; with the same seed a run is
+reproducible on the same machine.
 """
 from __future__ import annotations
 
@@ -144,6 +145,12 @@ def train(label_maps: str | Path, output: str | Path, settings: TrainSettings | 
         torch.set_rng_state(state["torch_rng"])
         start_iteration = state["iteration"]
         log(f"train: resumed from {checkpoint} at iteration {start_iteration}")
+        # The saved optimizer state carries the old rate; the one asked for now wins, so that a
+        # run can go on at a lower rate (a fine-tuning phase) from the same checkpoint.
+        for group in optimizer.param_groups:
+            if group["lr"] != settings.learning_rate:
+                log(f"train: learning rate {group['lr']:g} -> {settings.learning_rate:g} from here on")
+                group["lr"] = settings.learning_rate
     lambda_reg = settings.resolved_lambda_reg()
     log_path = output.with_suffix(".log.jsonl")
     began = time.perf_counter()
