@@ -112,6 +112,13 @@ def _flow_level(level, control_spacing_mm: float):
     return pyramid_level(level.shape, level.spacing_mm, factor)
 
 
+def _per_axis(values_mm: Sequence[float], like: torch.Tensor) -> torch.Tensor:
+    """[1, ndim, 1, ...] view of per-axis spacings (tensor axis order), to turn a displacement
+    in voxels of that grid into mm by multiplying, or back by dividing."""
+    ndim = len(values_mm)
+    return torch.tensor(values_mm, dtype=like.dtype, device=like.device).view(1, ndim, *([1] * ndim))
+
+
 def _fix_intensity_ranges(metric: torch.nn.Module, fixed: torch.Tensor, moving: torch.Tensor) -> None:
     """Mutual information takes its intensity ranges from the unwarped images, once
     (as ITK's Mattes metric does): ranges recomputed from the warped image every
@@ -164,7 +171,6 @@ def nodeo_register(
         torch.manual_seed(settings.seed)
     start = time.perf_counter()
     shape = tuple(fixed.shape[2:])
-    ndim = len(shape)
     spacing_mm = tuple(float(h) for h in spacing_mm)
     control_spacing_mm, smoothing_mm = resolved_velocity_scales(settings, spacing_mm)
     control_shape, control_spacing = _control_grid(shape, spacing_mm, control_spacing_mm)
@@ -180,17 +186,17 @@ def nodeo_register(
         groups.append({"params": velocity.state_net.parameters(), "lr": settings.learning_rate_mm * 0.05})
     optimizer = torch.optim.Adam(groups, amsgrad=True)
     history: list = []
+    full_spacing = _per_axis(spacing_mm, fixed)
 
     for level_index, (factor, iterations) in enumerate(zip(settings.levels, settings.iterations)):
         level = pyramid_level(shape, spacing_mm, factor)
         fixed_l = downsample_image(fixed, spacing_mm, level)
         moving_l = downsample_image(moving, spacing_mm, level)
-        view = torch.tensor(level.spacing_mm, dtype=fixed.dtype, device=fixed.device).view(1, ndim, *([1] * ndim))
+        view = _per_axis(level.spacing_mm, fixed)
         flow_level = _flow_level(level, control_spacing_mm)
         initial_l = None
         if initial_displacement is not None:
-            full_view = torch.tensor(spacing_mm, dtype=fixed.dtype, device=fixed.device).view(1, ndim, *([1] * ndim))
-            initial_l = resample_to_shape(initial_displacement * full_view, level.shape) / view
+            initial_l = resample_to_shape(initial_displacement * full_spacing, level.shape) / view
         for iteration in range(iterations):
             optimizer.zero_grad(set_to_none=True)
             u_mm, kinetic = flow(flow_level.shape, flow_level.spacing_mm)
@@ -228,13 +234,12 @@ def nodeo_register(
         flow_level = _flow_level(final, control_spacing_mm)
         u_mm, _ = flow(flow_level.shape, flow_level.spacing_mm)
         fields, _ = flow.velocity_history(flow_level.shape, flow_level.spacing_mm)
-        flow_view = torch.tensor(flow_level.spacing_mm, dtype=fixed.dtype, device=fixed.device).view(1, ndim, *([1] * ndim))
+        flow_view = _per_axis(flow_level.spacing_mm, fixed)
         # Backward in time through the recorded fields gives a first inverse on
         # the flow grid; fixed-point iterations on the full grid make it accurate.
         w = torch.zeros_like(u_mm)
         for v in reversed(fields):
             w = w - ops.warp(v, w / flow_view, "border") / len(fields)
-        view = torch.tensor(spacing_mm, dtype=fixed.dtype, device=fixed.device).view(1, ndim, *([1] * ndim))
-        u_vox = resample_to_shape(u_mm, shape) / view
-        inverse = invert_displacement(u_vox, initial=resample_to_shape(w, shape) / view)
+        u_vox = resample_to_shape(u_mm, shape) / full_spacing
+        inverse = invert_displacement(u_vox, initial=resample_to_shape(w, shape) / full_spacing)
     return NODEOResult(u_vox.detach(), inverse.detach(), history, time.perf_counter() - start, flow)
