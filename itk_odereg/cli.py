@@ -6,6 +6,9 @@ on two image files and writes the results with the file names ANTs uses;
 ``antsApplyTransforms`` order. Run ``itk-odereg --help`` or
 ``itk-odereg register --help`` for the details.
 
+Start-up: building the parser and ``--help`` need argparse only; torch,
+SimpleITK and the engine are imported inside the command functions.
+
 Exit status: 0 on success, 2 for usage errors (argparse), 1 for bad inputs,
 unreadable files or failed writes, reported as one line
 ``itk-odereg: error: ...`` on stderr (``--debug`` shows the traceback instead).
@@ -148,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     reg.add_argument("--resolution", type=float, default=2.0, metavar="MM",
                      help="NODEO working grid spacing in mm (default 2; 0: the fixed image's own grid)")
+    reg.add_argument("--threads", type=int, default=None, metavar="N",
+                     help="CPU threads of torch and ITK (default: torch's and ITK's defaults)")
     reg.add_argument("--qc", action="store_true", help="also write PREFIXQC.png")
     reg.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     reg.set_defaults(func=_cmd_register)
@@ -308,11 +313,20 @@ def _check_input_file(path: str, option: str) -> None:
 
 
 def _write_image(image: Any, path: str, inputs: Sequence[Any]) -> None:
+    from .io_utils import write_image
+
+    # Atomic; .nii.gz gzipped at zlib level 1 (io_utils.write_image).
+    write_image(image, path, inputs=inputs, caller=PROG)
+
+
+def _read_input(path: str, option: str) -> Any:
+    """Read an input image once; the engine and the outputs (inverse warp, QC) reuse it."""
     import SimpleITK as sitk
 
-    from .io_utils import atomic_write
-
-    atomic_write(path, lambda tmp: sitk.WriteImage(image, tmp, useCompression=True), inputs=inputs, caller=PROG)
+    try:
+        return sitk.ReadImage(path)
+    except RuntimeError as err:
+        raise CLIError(f"{option} could not be read as an image from '{path}': {_sitk_message(err)}") from None
 
 
 def _cmd_register(args: argparse.Namespace) -> int:
@@ -333,6 +347,8 @@ def _cmd_register(args: argparse.Namespace) -> int:
         raise CLIError(f"--steps must be at least 1, got {args.steps}")
     if args.resolution < 0:
         raise CLIError(f"--resolution must be positive (mm) or 0 for the fixed grid, got {args.resolution}")
+    if args.threads is not None and args.threads < 1:
+        raise CLIError(f"--threads must be at least 1, got {args.threads}")
     outputs = register_outputs(args.output, args.qc)
     inputs = [args.fixed, args.moving]
     try:
@@ -340,10 +356,20 @@ def _cmd_register(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise CLIError(str(err).split(": ", 1)[-1] + " (choose another -o prefix)") from None
 
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
     start = time.perf_counter()
+    # Read each input once: the engine gets the images, and the inverse-warped image
+    # and the QC figure reuse them instead of reading the files again.
+    fixed_img = _read_input(args.fixed, "fixed image (-f)")
+    moving_img = _read_input(args.moving, "moving image (-m)")
+    t_read = time.perf_counter() - start
     try:
         result = register(
-            args.fixed, args.moving, method=args.method, model=args.model, metric=args.metric, affine=None if args.affine == "none" else args.affine,
+            fixed_img, moving_img, method=args.method, model=args.model, metric=args.metric, affine=None if args.affine == "none" else args.affine,
             device=args.device, iterations=tuple(args.iterations) if args.iterations else None, steps=args.steps,
             seed=args.seed, progress=not args.quiet, resolution_mm=args.resolution or None,
         )
@@ -355,23 +381,32 @@ def _cmd_register(args: argparse.Namespace) -> int:
     t_write = time.perf_counter()
     grid = result.fixed_grid
     A, t = result.affine_matrix, result.affine_translation
-    fixed_img = sitk.ReadImage(args.fixed)
-    moving_img = sitk.ReadImage(args.moving)
-    _write_image(sitk.Cast(result.warped, sitk.sitkFloat32), outputs["warped"], inputs)
-    inverse_warped = sitk.Resample(fixed_img, moving_img, result.inverse_transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    _write_image(inverse_warped, outputs["inverse_warped"], inputs)
     warp_img = displacement_field_image(result.deformable_field_mm, grid)
-    write_ants_transforms(args.output, (A, t), warp_img, displacement_field_image(result.inverse_field_mm, grid),
-                          inputs=inputs)
-    write_composite_h5(outputs["composite"], result.transform, inputs=inputs)
-    write_composite_h5(outputs["inverse_composite"], result.inverse_transform, inputs=inputs)
-    _write_image(sitk.Cast(result.jacobian_determinant, sitk.sitkFloat32), outputs["jacobian"], inputs)
+    inverse_warp_img = displacement_field_image(result.inverse_field_mm, grid)
+
+    def inverse_warped() -> None:
+        image = sitk.Resample(fixed_img, moving_img, result.inverse_transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+        _write_image(image, outputs["inverse_warped"], inputs)
+
+    # Every file is written atomically by its own job; the jobs run on a few threads, so the
+    # gzip compression of one file (zlib releases the GIL) overlaps the others. Largest first.
+    jobs = [
+        lambda: write_ants_transforms(args.output, (A, t), warp_img, None, inputs=inputs),   # affine + warp
+        lambda: _write_image(inverse_warp_img, outputs["inverse_warp"], inputs),
+        lambda: _write_image(sitk.Cast(result.warped, sitk.sitkFloat32), outputs["warped"], inputs),
+        inverse_warped,
+        lambda: _write_image(sitk.Cast(result.jacobian_determinant, sitk.sitkFloat32), outputs["jacobian"], inputs),
+        lambda: write_composite_h5(outputs["composite"], result.transform, inputs=inputs),
+        lambda: write_composite_h5(outputs["inverse_composite"], result.inverse_transform, inputs=inputs),
+    ]
+    _run_jobs(jobs, args.threads)
     if args.qc:
         from .qc import qc_figure
 
         qc_figure(fixed_img, moving_img, result.warped, result.jacobian_determinant, warp_img, outputs["qc"],
                   moving_transform=(A, t), inputs=inputs)
     timings = dict(result.timings)
+    timings["load"] = timings.get("load", 0.0) + t_read   # the files read here, then the engine's conversion
     timings["write"] = time.perf_counter() - t_write
     timings["total"] = time.perf_counter() - start
     if not args.quiet:
@@ -386,6 +421,24 @@ def _cmd_register(args: argparse.Namespace) -> int:
             out.write(f"    {path}\n")
         out.flush()
     return 0
+
+
+def _run_jobs(jobs: Sequence[Any], threads: Optional[int]) -> None:
+    """Run the write jobs on up to ``threads`` (default: the CPU count, at most 4) threads; re-raise the first error.
+
+    Every job still runs when another fails (each writes one complete file or none).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    workers = max(1, min(4, threads or os.cpu_count() or 1, len(jobs)))
+    if workers == 1:
+        for job in jobs:
+            job()
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="itk-odereg-write") as pool:
+        futures = [pool.submit(job) for job in jobs]
+    for future in futures:
+        future.result()
 
 
 def _image_min_max(image: Any) -> str:

@@ -7,18 +7,28 @@ then moved into place with ``os.replace``, which is atomic on POSIX and Windows
 within one file system. A reader therefore sees either the old file or the
 complete new one, never a partial file; on failure the temporary file is removed
 and the destination is untouched.
+
+:func:`write_image` writes an image through :func:`atomic_write`; for
+``.nii.gz`` it writes the uncompressed NIfTI and gzips it with a fast zlib
+level (ITK's NIfTI writer ignores SimpleITK's ``compressionLevel``), which
+gives the same NIfTI bytes inside the same gzip format, about twice as fast.
 """
 from __future__ import annotations
 
 import os
 import uuid
+import zlib
 from typing import Any, Callable, Iterable
 
 from .core.typing import PathLike
 
-__all__ = ["split_extension", "check_not_inputs", "atomic_write"]
+__all__ = ["split_extension", "check_not_inputs", "atomic_write", "write_image", "FAST_COMPRESSION_LEVEL"]
 
 _COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".zip")
+
+#: zlib level of the files itk-odereg writes: 1, the fastest (a smooth float64
+#: displacement field compresses to about 1.07x the size at ITK's default level).
+FAST_COMPRESSION_LEVEL = 1
 
 
 def split_extension(path: PathLike) -> tuple[str, str]:
@@ -127,3 +137,66 @@ def atomic_write(
             pass
         raise
     return dest
+
+
+def _gzip_file(src: str, dest: str, level: int) -> None:
+    """gzip ``src`` into ``dest`` (RFC 1952, no file name, mtime 0: the bytes depend on the data only)."""
+    compressor = zlib.compressobj(level, zlib.DEFLATED, 16 + zlib.MAX_WBITS)   # 16+: gzip header and trailer
+    with open(src, "rb") as fin, open(dest, "wb") as fout:
+        while True:
+            chunk = fin.read(1 << 22)
+            if not chunk:
+                break
+            fout.write(compressor.compress(chunk))
+        fout.write(compressor.flush())
+
+
+def write_image(
+    image: Any,
+    path: PathLike,
+    *,
+    compression_level: int = FAST_COMPRESSION_LEVEL,
+    inputs: Iterable[Any] = (),
+    caller: str = "write_image()",
+) -> str:
+    """Write a SimpleITK image atomically (:func:`atomic_write`), compressed where the format allows.
+
+    ``.nii.gz``: ITK's NIfTI writer ignores SimpleITK's ``compressionLevel`` and
+    always uses zlib's default level, so the image is written as an uncompressed
+    ``.nii`` next to the destination (a hidden temporary file, always removed) and
+    gzipped here at ``compression_level``. The decompressed bytes are exactly the
+    ``.nii`` ITK writes; any gzip reader (ITK, SimpleITK, ANTs, nibabel, FSL) reads it.
+    Other formats: ``sitk.WriteImage(image, tmp, useCompression=True, compressionLevel=...)``.
+
+    Args:
+        image: a SimpleITK image.
+        path: destination; its extension chooses the format.
+        compression_level: zlib level 0..9 (default 1, the fastest; -1: the writer's default).
+        inputs: paths that must not be overwritten (non-path entries ignored).
+        caller: call site for error messages.
+
+    Returns:
+        ``path`` as a str.
+    """
+    import SimpleITK as sitk
+
+    dest = os.fspath(path)
+    level = int(compression_level)
+    if not -1 <= level <= 9:
+        raise ValueError(f"{caller}: 'compression_level' must be -1 or 0..9, got {compression_level!r}")
+    if not dest.lower().endswith(".nii.gz") or level == -1:
+        return atomic_write(dest, lambda tmp: sitk.WriteImage(image, tmp, useCompression=True, compressionLevel=level),
+                            inputs=inputs, caller=caller)
+
+    def writer(tmp: str) -> None:
+        raw = tmp[: -len(".gz")]   # ".<stem>.tmp-<random>.nii": hidden, unique, in the same directory
+        try:
+            sitk.WriteImage(image, raw, useCompression=False)
+            _gzip_file(raw, tmp, level)
+        finally:
+            try:
+                os.remove(raw)
+            except OSError:
+                pass
+
+    return atomic_write(dest, writer, inputs=inputs, caller=caller)

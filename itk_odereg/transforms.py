@@ -27,7 +27,7 @@ import torch
 
 from .core.grid import ImageGrid
 from .core.typing import Array, ArrayLike, PathLike, TensorOrArray
-from .io_utils import atomic_write, check_not_inputs
+from .io_utils import atomic_write, check_not_inputs, write_image
 
 __all__ = [
     "voxel_displacement_to_physical",
@@ -612,7 +612,8 @@ def write_ants_transforms(
     * ``1InverseWarp.nii.gz``: the inverse field, on the *fixed* grid as well
       (ANTs' convention): it maps affinely aligned points back to fixed points.
 
-    Every file is written atomically (:func:`itk_odereg.io_utils.atomic_write`).
+    Every file is written atomically (:func:`itk_odereg.io_utils.atomic_write`); the
+    ``.nii.gz`` files with zlib level 1 (:func:`itk_odereg.io_utils.write_image`).
     All outputs are checked against ``inputs`` before anything is written.
     The prefix is concatenated as ANTs does (``"out/sub01_"`` gives
     ``out/sub01_0GenericAffine.mat``); its directory must exist.
@@ -655,9 +656,9 @@ def write_ants_transforms(
     check_not_inputs(outputs, inputs, caller)
 
     atomic_write(affine_path, lambda tmp: sitk.WriteTransform(aff, tmp), inputs=inputs, caller=caller)
-    atomic_write(warp_path, lambda tmp: sitk.WriteImage(warp_img, tmp, useCompression=True), inputs=inputs, caller=caller)
+    write_image(warp_img, warp_path, inputs=inputs, caller=caller)
     if inv_path is not None:
-        atomic_write(inv_path, lambda tmp: sitk.WriteImage(inv_img, tmp, useCompression=True), inputs=inputs, caller=caller)
+        write_image(inv_img, inv_path, inputs=inputs, caller=caller)
     return AntsTransformFiles(
         fwdtransforms=[warp_path, affine_path],
         invtransforms=[affine_path, inv_path] if inv_path is not None else None,

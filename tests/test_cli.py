@@ -254,3 +254,94 @@ def test_debug_shows_the_traceback(data, tmp_path):
         main(["register", "-f", data["fixed"], "-m", str(tmp_path / "nope.nii.gz"), "-o", str(tmp_path / "x_"), "--debug"])
     with pytest.raises(Exception, match="file not found"):
         main(["--debug", "register", "-f", data["fixed"], "-m", str(tmp_path / "nope.nii.gz"), "-o", str(tmp_path / "x_")])
+
+
+# ---------------------------------------------------------------------------- start-up, threads, writing
+
+
+def _python(code: str) -> str:
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def test_parser_and_help_do_not_import_torch():
+    code = ("import sys; from itk_odereg.cli import build_parser; build_parser(); "
+            "print('torch' in sys.modules, 'SimpleITK' in sys.modules, 'numpy' in sys.modules)")
+    assert _python(code) == "False False False"
+    code = ("import sys, contextlib, io; from itk_odereg.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    assert main(['--help']) == 0 and main(['register', '--help']) == 0\n"
+            "print('torch' in sys.modules)")
+    assert _python(code) == "False"
+
+
+def test_package_names_are_imported_on_first_use():
+    code = ("import sys, itk_odereg; before = 'torch' in sys.modules\n"
+            "from itk_odereg import register, RegistrationResult, ops, ants_registration, ODERegistrationFilter\n"
+            "import itk_odereg.registration.driver as d\n"
+            "print(before, itk_odereg.register is d.register is register, callable(ops.warp), "
+            "sorted(set(itk_odereg.__all__) - set(dir(itk_odereg))))")
+    assert _python(code) == "False True True []"
+    with pytest.raises(AttributeError, match="no attribute 'frobnicate'"):
+        import itk_odereg
+
+        itk_odereg.frobnicate  # noqa: B018
+
+
+def test_register_threads_and_reads_each_input_once(data, tmp_path, monkeypatch):
+    calls = {"torch": [], "itk": [], "read": []}
+    set_torch, set_itk = torch.set_num_threads, sitk.ProcessObject.SetGlobalDefaultNumberOfThreads
+    read = sitk.ReadImage
+    itk_before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: (calls["torch"].append(n), set_torch(n)))
+    monkeypatch.setattr(sitk.ProcessObject, "SetGlobalDefaultNumberOfThreads",
+                        staticmethod(lambda n: (calls["itk"].append(n), set_itk(n))))
+    monkeypatch.setattr(sitk, "ReadImage", lambda *a, **k: (calls["read"].append(a[0]), read(*a, **k))[1])
+    prefix = str(tmp_path / "t_")
+    try:
+        code = main(["register", "-f", data["fixed"], "-m", data["moving"], "-o", prefix, "--affine", "none",
+                     "--iterations", "3", "--resolution", "0", "--quiet", "--threads", "1"])
+    finally:
+        set_itk(itk_before)
+    assert code == 0
+    assert calls["torch"] == [1] and calls["itk"] == [1]
+    assert sorted(calls["read"]) == sorted([data["fixed"], data["moving"]])  # no second read for the outputs
+    assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(p) for p in register_outputs(prefix).values())
+
+
+def test_register_threads_must_be_positive(data, capsys, tmp_path):
+    assert main(["register", "-f", data["fixed"], "-m", data["moving"], "-o", str(tmp_path / "x_"),
+                 "--threads", "0"]) == 1
+    assert "--threads must be at least 1" in _error_line(capsys)
+    assert os.listdir(tmp_path) == []
+
+
+def test_write_image_fast_gzip_is_the_itk_nifti_atomically(tmp_path):
+    import gzip
+
+    from itk_odereg.io_utils import write_image
+
+    rng = np.random.default_rng(0)
+    image = sitk.GetImageFromArray(rng.standard_normal((6, 7, 8, 3)), isVector=True)
+    image.SetSpacing((1.5, 2.0, 2.5))
+    image.SetOrigin((3.0, -4.0, 5.0))
+    path, raw = str(tmp_path / "field.nii.gz"), str(tmp_path / "ref" / "field.nii")
+    os.makedirs(os.path.dirname(raw))
+    assert write_image(image, path) == path
+    sitk.WriteImage(image, raw)
+    with open(path, "rb") as f, open(raw, "rb") as g:
+        assert gzip.decompress(f.read()) == g.read()  # the same NIfTI bytes ITK writes
+    back = sitk.ReadImage(path)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(image))
+    assert back.GetSpacing() == image.GetSpacing() and back.GetOrigin() == image.GetOrigin()
+    first = open(path, "rb").read()
+    write_image(image, path)
+    assert open(path, "rb").read() == first  # deterministic bytes (no name, no time stamp in the gzip header)
+    assert sorted(os.listdir(tmp_path)) == ["field.nii.gz", "ref"]  # no temporary files left
+    with pytest.raises(ValueError, match="refusing to overwrite input file"):
+        write_image(image, raw, inputs=[raw])
+    write_image(image, str(tmp_path / "field.mha"))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "field.mha"))),
+                                  sitk.GetArrayFromImage(image))
