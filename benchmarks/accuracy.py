@@ -8,6 +8,8 @@ Run with:
     python benchmarks/accuracy.py --label-maps /work/shared/data/label_maps --profile
     python benchmarks/accuracy.py --label-maps /work/shared/data/label_maps --pairs 1 --contrast mono \\
         --methods nodeo --nodeo-variant 'fast={"levels": [4, 2], "iterations": [150, 100]}'
+    python benchmarks/accuracy.py --label-maps /work/shared/data/label_maps --pairs 6 --contrast mono,multi \\
+        --methods cli,greedy,greedy-full --threads 2 --json end-to-end.json      # end to end (issue 12)
 
 The peers are benchmark extras: ``pip install picsl-greedy itk-elastix antspyx``.
 Methods that are not installed are skipped (and said so).
@@ -25,7 +27,14 @@ What it measures (docs/methods.md, section 4):
   The moving image (linear) and moving labels (nearest) are resampled through
   it onto a 160x192x160 mm box around the fixed brain (80x96x80 voxels at
   2 mm, 160x192x160 at 1 mm), where the fixed image and labels are sampled
-  too. Every method then runs only its DEFORMABLE stage on this pair.
+  too. Every deformable-only method then runs only its DEFORMABLE stage on this pair
+  (the end-to-end modes run their own affine stage first).
+* Two kinds of run. The DEFORMABLE-ONLY methods (``nodeo``, ``greedy``, ``ants``,
+  ``elastix``, the default set) start from the shared pre-alignment above and time the
+  registration call alone. The END-TO-END modes (``cli``, ``greedy-full``, only when named in
+  ``--methods``) run their own affine stage too, on the same pre-aligned pairs: ``cli`` is the
+  ``itk-odereg register`` command as a user runs it, timed from process start to exit, and
+  ``greedy-full`` is greedy's affine followed by its deformable stage, timed together.
 * Methods (each in a fresh subprocess, so its peak memory is its own):
 
   - ``nodeo``: ``itk_odereg.register(fixed, moving, affine=None, metric="lncc"``
@@ -42,6 +51,21 @@ What it measures (docs/methods.md, section 4):
   - ``elastix``: itk-elastix, elastix's default ``bspline`` parameter map
     (AdvancedMattesMutualInformation + bending energy, 4 resolutions, 256
     iterations each, final grid spacing 10 mm) for both tasks.
+  - ``cli`` (end to end): the ``itk-odereg`` console script next to this interpreter, run as
+    ``itk-odereg register -f fixed.nii -m moving.nii -o OUT/pair_ --metric lncc|ngf --quiet
+    --threads N``, every other option at its default (affine stage, 2 mm working grid),
+    with the environment of ``thread_env``. Wall seconds: ``Popen`` to exit (all eight outputs
+    are written before exit; ``last_output_seconds``, the newest output's mtime after the start,
+    checks it). CPU seconds and peak memory: the ``rusage`` of that process alone
+    (``os.wait4``: ``ru_utime + ru_stime``, ``ru_maxrss``); it includes the interpreter start,
+    the imports, reading the inputs and writing the outputs. The labels are warped through the
+    written ``pair_1Warp.nii.gz`` + ``pair_0GenericAffine.mat`` (``sitk.Resample``, nearest);
+    ``labels_agree_with_composite_h5`` in the JSON checks them against ``pair_Composite.h5``.
+  - ``greedy-full`` (end to end): ``-a -dof 12 -ia-image-centers -n 100x50x10`` (greedy's
+    documented affine recipe), then the deformable stage of ``greedy`` with ``-it`` that
+    affine; the same metric for both stages; one time for both (``affine_seconds`` and
+    ``deformable_seconds`` in the JSON). Labels: greedy ``-ri NN -r warp affine``; field:
+    greedy ``-rc`` (the composed map).
 
   Each method's transform is applied to the moving LABELS with nearest
   neighbour by that tool's own means (``sitk.Resample`` with our composite,
@@ -71,8 +95,10 @@ What it measures (docs/methods.md, section 4):
 * Threads: every tool gets ``--threads`` (default: all cores) through its own
   setting (torch, ITK's global default, greedy ``-threads``, elastix).
 * ``affine-only`` is the shared pre-alignment with no deformable stage.
-* Ratios: our registration seconds over greedy's and ANTs' (wall and CPU), per
-  pair and task, in the same run (median over pairs).
+* Ratios: ours (``nodeo*``, ``cli``) over ``greedy``, ``greedy-full`` and ANTs, per pair
+  and task, in the same run (median over pairs): wall seconds, CPU seconds and peak memory.
+  ``cli / greedy`` compares the whole command with greedy's deformable stage alone,
+  ``cli / greedy-full`` with greedy's affine + deformable stages (issue 12's two targets).
 
 ``--profile`` runs one 2 mm mono NODEO registration in this process under
 ``torch.profiler`` and prints the top ops by self CPU time, the share of the
@@ -104,6 +130,11 @@ if importlib.util.find_spec("itk_odereg") is None:   # running from a source che
 import _synth  # noqa: E402
 
 ALL_METHODS = ("nodeo", "greedy", "ants", "elastix")
+#: end-to-end modes, only with --methods: the itk-odereg command line and greedy with its own affine stage
+EXTRA_METHODS = ("cli", "greedy-full")
+#: ratios "ours / peer" (wall, CPU, peak memory) for every pair of these that ran
+OURS = ("nodeo", "cli")
+PEERS = ("greedy", "greedy-full", "ants")
 TASKS = ("mono", "multi")
 
 
@@ -114,8 +145,10 @@ def method_available(name: str) -> tuple[bool, str]:
     base = name.split(":")[0]
     if base == "nodeo":
         return importlib.util.find_spec("itk_odereg") is not None, "itk_odereg"
-    if base == "greedy":
+    if base in ("greedy", "greedy-full"):
         return importlib.util.find_spec("picsl_greedy") is not None, "pip install picsl-greedy"
+    if base == "cli":
+        return cli_command() is not None, "pip install -e . (the itk-odereg console script)"
     if base == "ants":
         return importlib.util.find_spec("ants") is not None, "pip install antspyx"
     if base == "elastix":
@@ -124,6 +157,16 @@ def method_available(name: str) -> tuple[bool, str]:
         except (ImportError, ValueError):
             return False, "pip install itk-elastix"
     return False, f"unknown method {name!r}"
+
+
+def cli_command() -> "list[str] | None":
+    """How the ``cli`` method starts ``itk-odereg``: the console script installed next to this
+    interpreter (what ``pip install`` puts on the user's PATH), else the one on PATH; None if neither."""
+    script = Path(sys.executable).with_name("itk-odereg")
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script)]
+    found = shutil.which("itk-odereg")
+    return [found] if found else None
 
 
 # ============================================================================ pairs
@@ -293,6 +336,114 @@ def worker_greedy(pair: Path, out: Path, task: str, threads: int, variant: dict)
     return {"seconds": seconds, "cpu_seconds": cpu, "peak_mib": peak, "rss_before_mib": rss0, "command": cmd}
 
 
+def worker_greedy_full(pair: Path, out: Path, task: str, threads: int, variant: dict) -> dict:
+    """greedy's own affine stage, then its deformable stage from that affine, timed together.
+
+    Affine: ``-a -dof 12 -ia-image-centers -n 100x50x10 -m <metric>`` (greedy's documented affine
+    recipe: image centres, 12 dof, 3 levels); deformable: ``-it affine -n 100x50x20 -m <metric>``
+    with greedy's default smoothing, as ``greedy``. Metric ``NCC 2x2x2`` (mono) or ``NMI`` (multi)
+    for both stages. The images and transforms stay in memory (no I/O in the timing).
+    """
+    import io
+
+    from picsl_greedy import Greedy3D
+
+    fixed = sitk.ReadImage(str(pair / "fixed.nii"))
+    moving = sitk.ReadImage(str(pair / "moving.nii"))
+    labels = sitk.ReadImage(str(pair / "moving_labels.nii"))
+    metric = variant.get("metric", "NCC 2x2x2" if task == "mono" else "NMI")
+    affine_iterations = variant.get("affine_iterations", "100x50x10")
+    iterations = variant.get("iterations", "100x50x20")
+    extra = variant.get("extra", "")
+    affine_cmd = (f"-d 3 -threads {threads} -a -dof 12 -ia-image-centers -i fix mov -o affine "
+                  f"-n {affine_iterations} -m {metric}")
+    deformable_cmd = f"-d 3 -threads {threads} -i fix mov -it affine -o warp -n {iterations} -m {metric} {extra}"
+    g = Greedy3D()
+    log = io.StringIO()
+    rss0 = _rss_mib()
+    c0 = _cpu_seconds()
+    t0 = time.perf_counter()
+    g.execute(affine_cmd, fix=fixed, mov=moving, affine=None, out=log, err=log)
+    t_affine = time.perf_counter() - t0
+    c_affine = _cpu_seconds() - c0
+    g.execute(deformable_cmd, warp=None, out=log, err=log)
+    cpu = _cpu_seconds() - c0
+    seconds = time.perf_counter() - t0
+    peak = _peak_mib()
+    # greedy applies "-r warp affine" as antsApplyTransforms does: a fixed point goes through the warp, then the affine.
+    g.execute(f"-d 3 -threads {threads} -rf fix -ri NN -rm lab resliced -r warp affine",
+              lab=sitk.Cast(labels, sitk.sitkFloat64), resliced=None, out=log, err=log)
+    warped = sitk.Cast(sitk.Round(g["resliced"]), labels.GetPixelID())
+    sitk.WriteImage(warped, str(out / "warped_labels.nii"))
+    # greedy's own composition of the two (-rc: the whole map as one displacement field, LPS mm).
+    g.execute(f"-d 3 -threads {threads} -rf fix -rc composed -r warp affine", composed=None, out=log, err=log)
+    _write_field(g["composed"], out)
+    (out / "greedy.log").write_text(log.getvalue())
+    return {"seconds": seconds, "cpu_seconds": cpu, "peak_mib": peak, "rss_before_mib": rss0,
+            "affine_seconds": t_affine, "affine_cpu_seconds": c_affine,
+            "deformable_seconds": seconds - t_affine, "affine_ras": np.asarray(g["affine"]).tolist(),
+            "command": [affine_cmd, deformable_cmd]}
+
+
+def worker_cli(pair: Path, out: Path, task: str, threads: int, variant: dict, timeout: float = 1800.0) -> dict:
+    """``itk-odereg register`` as a user runs it, in a child process timed from start to exit.
+
+    ``itk-odereg register -f fixed.nii -m moving.nii -o OUT/pair_ --metric lncc|ngf --quiet
+    --threads N`` with every other option at its default (the affine stage included, 2 mm
+    working grid), the environment of :func:`thread_env`. Wall seconds run from just before
+    ``Popen`` to the child's exit (``os.wait4``); CPU seconds (user + system) and the peak resident
+    set (``ru_maxrss``) are the child's alone, from the ``rusage`` of ``os.wait4``. This worker
+    imports only numpy and SimpleITK before it starts the child: Linux starts a child's
+    ``ru_maxrss`` at the resident set of its parent at ``exec``, which is recorded as
+    ``spawner_peak_mib`` (the child's figure is only its own when larger).
+    """
+    import threading
+
+    command = cli_command()
+    if command is None:
+        raise RuntimeError("itk-odereg: console script not found")
+    metric = variant.get("metric", "lncc" if task == "mono" else "ngf")
+    prefix = str(out / "pair_")
+    cmd = command + ["register", "-f", str(pair / "fixed.nii"), "-m", str(pair / "moving.nii"), "-o", prefix,
+                     "--metric", metric, "--quiet", "--threads", str(threads)] + [str(a) for a in variant.get("args", [])]
+    spawner_peak = _peak_mib()
+    with open(out / "cli.log", "w") as log:
+        start_epoch = time.time()
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=thread_env(threads), cwd=str(out))
+        killer = threading.Timer(timeout, proc.kill)
+        killer.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            killer.cancel()
+        seconds = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)   # reaped here: Popen must not wait again
+    if proc.returncode != 0:
+        raise RuntimeError(f"itk-odereg exit {proc.returncode}: {(out / 'cli.log').read_text()[-1500:]}")
+    written = sorted(out.glob("pair_*"))
+    newest = max(p.stat().st_mtime for p in written)
+    fixed = sitk.ReadImage(str(pair / "fixed.nii"))
+    labels = sitk.ReadImage(str(pair / "moving_labels.nii"))
+    # The ANTs-style pair a user passes to antsApplyTransforms: a fixed point goes through the warp, then the affine.
+    affine = sitk.ReadTransform(prefix + "0GenericAffine.mat")
+    warp = sitk.DisplacementFieldTransform(sitk.Cast(sitk.ReadImage(prefix + "1Warp.nii.gz"), sitk.sitkVectorFloat64))
+    composite = sitk.CompositeTransform([affine, warp])   # sitk applies the last added first: p -> A(W(p))
+    warped = sitk.Resample(labels, fixed, composite, sitk.sitkNearestNeighbor, 0, labels.GetPixelID())
+    sitk.WriteImage(warped, str(out / "warped_labels.nii"))
+    _write_field(_field_of(composite, fixed), out)
+    via_h5 = sitk.Resample(labels, fixed, sitk.ReadTransform(prefix + "Composite.h5"), sitk.sitkNearestNeighbor, 0,
+                           labels.GetPixelID())
+    agree_h5 = float((sitk.GetArrayViewFromImage(via_h5) == sitk.GetArrayViewFromImage(warped)).mean())
+    return {"seconds": seconds, "cpu_seconds": usage.ru_utime + usage.ru_stime,
+            "user_seconds": usage.ru_utime, "system_seconds": usage.ru_stime,
+            "peak_mib": usage.ru_maxrss / 1024.0,   # KiB on Linux
+            "spawner_peak_mib": spawner_peak, "peak_is_the_childs": usage.ru_maxrss / 1024.0 > spawner_peak,
+            "rss_before_mib": None, "last_output_seconds": newest - start_epoch,
+            "outputs": [p.name for p in written], "labels_agree_with_composite_h5": agree_h5,
+            "command": cmd}
+
+
 def worker_ants(pair: Path, out: Path, task: str, threads: int, variant: dict) -> dict:
     import ants
 
@@ -364,14 +515,17 @@ def worker_elastix(pair: Path, out: Path, task: str, threads: int, variant: dict
             "parameter_map": {k: list(v) for k, v in pmap.items()}}
 
 
-WORKERS = {"nodeo": worker_nodeo, "greedy": worker_greedy, "ants": worker_ants, "elastix": worker_elastix}
+WORKERS = {"nodeo": worker_nodeo, "greedy": worker_greedy, "ants": worker_ants, "elastix": worker_elastix,
+           "cli": worker_cli, "greedy-full": worker_greedy_full}
 
 
 def run_worker(args) -> None:
     pair, out = Path(args.pair_dir), Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     variant = json.loads(args.variant) if args.variant else {}
-    info = WORKERS[args.worker.split(":")[0]](pair, out, args.task, args.threads, variant)
+    base = args.worker.split(":")[0]
+    kwargs = {"timeout": args.timeout} if base == "cli" else {}
+    info = WORKERS[base](pair, out, args.task, args.threads, variant, **kwargs)
     info["method"] = args.worker
     info["variant"] = variant
     (out / "result.json").write_text(json.dumps(info, indent=1, default=str))
@@ -391,7 +545,7 @@ def launch(method: str, variant: dict, pair_dir: Path, task: str, threads: int, 
     out.mkdir(parents=True)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", method, "--pair-dir", str(pair_dir),
            "--out-dir", str(out), "--task", task, "--threads", str(threads), "--variant", json.dumps(variant),
-           "--label-maps", "-"]
+           "--label-maps", "-", "--timeout", str(0.95 * timeout)]
     t0 = time.perf_counter()
     with open(out / "worker.log", "w") as log:
         try:
@@ -473,8 +627,8 @@ def summarize(records: list[dict], methods: list[str], tasks: list[str]) -> dict
             }
     ratios: dict = {}
     for task in tasks:
-        for ours in [m for m in methods if m.startswith("nodeo")]:
-            for peer in ("greedy", "ants"):
+        for ours in [m for m in methods if m.split(":")[0] in OURS]:
+            for peer in PEERS:
                 per_pair = []
                 for r in records:
                     if r["task"] != task or r["method"] != ours or "error" in r:
@@ -482,12 +636,16 @@ def summarize(records: list[dict], methods: list[str], tasks: list[str]) -> dict
                     p = [q for q in records if q["task"] == task and q["method"] == peer and q["pair"] == r["pair"]
                          and "error" not in q]
                     if p:
+                        peak = (r["peak_mib"] / p[0]["peak_mib"]) if r.get("peak_mib") and p[0].get("peak_mib") \
+                            else float("nan")
                         per_pair.append((r["seconds"] / p[0]["seconds"],
-                                         r["cpu_seconds"] / max(p[0]["cpu_seconds"], 1e-9)))
+                                         r["cpu_seconds"] / max(p[0]["cpu_seconds"], 1e-9), peak))
                 if per_pair:
+                    wall, cpu, peak = ([x[i] for x in per_pair] for i in range(3))
                     ratios[f"{ours}/{peer}|{task}"] = {
-                        "wall_per_pair": [w for w, _ in per_pair], "wall_median": statistics.median(w for w, _ in per_pair),
-                        "cpu_per_pair": [c for _, c in per_pair], "cpu_median": statistics.median(c for _, c in per_pair)}
+                        "wall_per_pair": wall, "wall_median": statistics.median(wall),
+                        "cpu_per_pair": cpu, "cpu_median": statistics.median(cpu),
+                        "peak_per_pair": peak, "peak_median": statistics.median(peak)}
     return {"rows": summary, "time_ratios": ratios}
 
 
@@ -509,10 +667,12 @@ def print_table(summary: dict, tasks: list[str]) -> None:
             print(f"{r['method']:<16s} {task:<6s} {r['pairs']:>2d} {_fmt_pm(r['dice']):>14s} {fold:>14s} {sdl:>12s} "
                   f"{secs:>14s} {cpus:>14s} {peak:>9s}")
     if summary["time_ratios"]:
-        print("\nTime ratios, ours / peer's, same run: median over pairs [per pair], wall and CPU seconds:")
+        print("\nRatios, ours / peer's, same run: median over pairs [per pair], wall seconds, CPU seconds and "
+              "peak memory:")
         for key, v in summary["time_ratios"].items():
-            print(f"  {key:<28s} wall {v['wall_median']:6.2f} [{', '.join(f'{x:.2f}' for x in v['wall_per_pair'])}]"
-                  f"   CPU {v['cpu_median']:6.2f} [{', '.join(f'{x:.2f}' for x in v['cpu_per_pair'])}]")
+            def fmt(name):
+                return f"{v[name + '_median']:6.2f} [{', '.join(f'{x:.2f}' for x in v[name + '_per_pair'])}]"
+            print(f"  {key:<28s} wall {fmt('wall')}   CPU {fmt('cpu')}   peak {fmt('peak')}")
 
 
 # ============================================================================ profile
@@ -586,7 +746,8 @@ def parse_args(argv=None):
     p.add_argument("--resolution", type=float, choices=(1.0, 2.0), default=2.0, help="mm (box 160x192x160 mm)")
     p.add_argument("--pairs", type=int, default=2, help="number of inter-subject pairs")
     p.add_argument("--methods", default=None,
-                   help=f"comma list of {','.join(ALL_METHODS)} (default: all installed)")
+                   help=f"comma list of {','.join(ALL_METHODS + EXTRA_METHODS)} (default: all installed of "
+                        f"{','.join(ALL_METHODS)}; the end-to-end modes {','.join(EXTRA_METHODS)} only when listed)")
     p.add_argument("--contrast", default="mono,multi", help="comma list of mono, multi")
     p.add_argument("--nodeo-variant", action="append", default=[], metavar="NAME=JSON",
                    help="extra NODEO run 'nodeo:NAME' with NODEOSettings(**JSON); repeatable")
@@ -679,7 +840,9 @@ def main(argv=None) -> int:
                     rec.update(evaluate(pair_dir, out, labels_set, fixed_labels))
                     print(f"    {method:<16s} Dice {rec['dice_mean']:.3f} (via field {rec['dice_via_field']:.3f})  "
                           f"fold {rec['fold_percent']:.3f} %  SD logJ {rec['sd_logj']:.3f}  "
-                          f"{rec['seconds']:.1f} s ({rec['cpu_seconds']:.1f} CPU s)  peak {rec['peak_mib']:.0f} MiB", flush=True)
+                          f"{rec['seconds']:.1f} s ({rec['cpu_seconds']:.1f} CPU s)  peak {rec['peak_mib']:.0f} MiB"
+                          + (f"  (last file written at {rec['last_output_seconds']:.1f} s)"
+                             if rec.get("last_output_seconds") is not None else ""), flush=True)
                 else:
                     print(f"    {method:<16s} FAILED: {info['error']}\n{info['log_tail']}", flush=True)
                 records.append(rec)
@@ -689,8 +852,10 @@ def main(argv=None) -> int:
     print_table(summary, tasks)
     print("\nDice: mean over pairs of each pair's mean Dice over the brain structures present in both label maps, "
           "± SD over pairs. fold %: voxels of the box with det J <= 0. SD logJ over det J > 0. seconds: the "
-          "registration call alone; CPU s: user + system CPU seconds of that call (less sensitive to other "
-          "processes on a shared machine than wall seconds). peak MiB: peak resident set (VmHWM) of the method's own process.")
+          "registration call alone (cli: the itk-odereg process from start to exit; greedy-full: greedy's affine "
+          "and deformable stages); CPU s: user + system CPU seconds of that call or process (less sensitive to other "
+          "processes on a shared machine than wall seconds). peak MiB: peak resident set (VmHWM) of the method's own "
+          "process (cli: ru_maxrss of the itk-odereg process).")
     if args.json:
         Path(args.json).write_text(json.dumps({
             "args": {k: v for k, v in vars(args).items() if k not in ("worker", "pair_dir", "out_dir", "task", "variant")},
