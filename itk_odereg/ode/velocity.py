@@ -12,41 +12,10 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+
+from ..core.separable import apply_separable, compose, gaussian_matrices, gaussian_smooth, resampling_matrices
 
 __all__ = ["VelocityNetwork", "gaussian_smooth"]
-
-
-def _gaussian_matrix(size: int, sigma: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """[size, size] row-normalized Gaussian smoothing matrix; rows near the border renormalize
-    (no padding assumption), so a constant field stays constant."""
-    x = torch.arange(size, dtype=torch.float64)
-    weights = torch.exp(-0.5 * ((x[:, None] - x[None, :]) / sigma) ** 2)
-    weights = weights / weights.sum(1, keepdim=True)
-    return weights.to(dtype=dtype, device=device)
-
-
-def gaussian_smooth(field: torch.Tensor, sigma_voxels: Sequence[float]) -> torch.Tensor:
-    """Separable Gaussian smoothing of every channel of [N, C, *S].
-
-    Each axis is smoothed by a dense matrix product, which on small grids (the
-    velocity's control grid, pyramid levels) is much faster on CPU than a
-    convolution, forward and backward. Near the border the kernel is
-    renormalized over the samples inside, so constants are preserved.
-
-    Args:
-        field: Tensor[N, C, *S].
-        sigma_voxels: standard deviation per spatial axis (tensor order), in voxels;
-            0 leaves that axis untouched.
-    """
-    out = field
-    for axis, sigma in enumerate(sigma_voxels):
-        size = field.shape[2 + axis]
-        if sigma <= 0 or size < 2:
-            continue
-        matrix = _gaussian_matrix(size, float(sigma), field.dtype, field.device)
-        out = torch.movedim(torch.tensordot(matrix, torch.movedim(out, 2 + axis, 0), dims=1), 0, 2 + axis)
-    return out
 
 
 class VelocityNetwork(nn.Module):
@@ -117,25 +86,52 @@ class VelocityNetwork(nn.Module):
             f"smoothing_mm={self.smoothing_mm}, hidden_channels={self.hidden_channels}"
         )
 
-    def coarse(self, state_mm: torch.Tensor | None) -> torch.Tensor:
-        """Smoothed velocity on the control grid, [1, d, *control_shape], axis mm."""
+    def _control_input(self, state_mm: torch.Tensor) -> torch.Tensor:
+        """The state on the control grid (corner-aligned linear resampling)."""
+        matrices = resampling_matrices(state_mm.shape[2:], self.control_shape, state_mm.dtype, state_mm.device)
+        return apply_separable(state_mm, matrices)
+
+    def _raw(self, state_mm: torch.Tensor | None) -> torch.Tensor:
+        """Unsmoothed velocity on the control grid, axis mm."""
         velocity = self.coarse_velocity
         if self.state_net is not None and state_mm is not None:
-            state = F.interpolate(state_mm, size=self.control_shape, mode="bilinear" if self.ndim == 2 else "trilinear",
-                                  align_corners=True)
             # Inputs scaled to O(1) for typical brain displacements (~10 mm).
-            velocity = velocity + self.max_speed_mm * torch.tanh(self.state_net(state / 10.0))
+            state = self._control_input(state_mm)
+            velocity = velocity + self.max_speed_mm * torch.tanh(self._pointwise(state / 10.0))
+        return velocity
+
+    def _pointwise(self, state: torch.Tensor) -> torch.Tensor:
+        """``state_net`` applied to [1, d, *S]: its 1x1 convolutions as matrix products on
+        [channels, voxels], the same function with the same parameters, without the
+        per-call cost of the general convolution kernels (forward and backward)."""
+        x = state.reshape(state.shape[1], -1)
+        for layer in self.state_net:
+            if isinstance(layer, nn.Tanh):
+                x = torch.tanh(x)
+            else:
+                x = torch.addmm(layer.bias[:, None], layer.weight.reshape(layer.out_channels, -1), x)
+        return x.reshape(1, -1, *state.shape[2:])
+
+    def _smoothing(self, like: torch.Tensor) -> list:
         sigma = [self.smoothing_mm / h for h in self.control_spacing_mm]
-        return gaussian_smooth(velocity, sigma)
+        return gaussian_matrices(self.control_shape, sigma, like.dtype, like.device)
+
+    def coarse(self, state_mm: torch.Tensor | None) -> torch.Tensor:
+        """Smoothed velocity on the control grid, [1, d, *control_shape], axis mm."""
+        raw = self._raw(state_mm)
+        return apply_separable(raw, self._smoothing(raw))
 
     def forward(self, state_mm: torch.Tensor | None, shape: Sequence[int]) -> torch.Tensor:
         """Velocity on a grid of ``shape`` spanning the same box, [1, d, *shape], axis mm.
 
+        The Gaussian smoothing and the corner-aligned linear upsampling to
+        ``shape`` are one matrix per axis (:mod:`itk_odereg.core.separable`).
+
         Args:
-            state_mm: current displacement [1, d, *shape] in axis mm, or None
-                (velocity of the identity state).
-            shape: spatial size of the current pyramid level (tensor order).
+            state_mm: current displacement [1, d, *S] in axis mm on any
+                corner-aligned grid of the box, or None (velocity of the identity state).
+            shape: spatial size of the grid to return the velocity on (tensor order).
         """
-        coarse = self.coarse(state_mm)
-        mode = "bilinear" if self.ndim == 2 else "trilinear"
-        return F.interpolate(coarse, size=tuple(shape), mode=mode, align_corners=True)
+        raw = self._raw(state_mm)
+        upsample = resampling_matrices(self.control_shape, shape, raw.dtype, raw.device)
+        return apply_separable(raw, compose(upsample, self._smoothing(raw)))

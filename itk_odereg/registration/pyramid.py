@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 
-from ..ode.velocity import gaussian_smooth
+from ..core.separable import apply_separable, compose, gaussian_matrices, resample_linear, resampling_matrices
 
 __all__ = ["PyramidLevel", "pyramid_level", "resample_to_shape", "downsample_image"]
 
@@ -43,10 +42,7 @@ def pyramid_level(shape: Sequence[int], spacing_mm: Sequence[float], factor: flo
 
 def resample_to_shape(field: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     """Linear resampling of [N, C, *S] to another corner-aligned level of the same box."""
-    if tuple(field.shape[2:]) == tuple(shape):
-        return field
-    mode = "trilinear" if field.dim() == 5 else "bilinear"
-    return F.interpolate(field, size=tuple(shape), mode=mode, align_corners=True)
+    return resample_linear(field, shape)
 
 
 def downsample_image(image: torch.Tensor, spacing_mm: Sequence[float], level: PyramidLevel) -> torch.Tensor:
@@ -56,4 +52,6 @@ def downsample_image(image: torch.Tensor, spacing_mm: Sequence[float], level: Py
     full-resolution voxels, per axis (the usual choice of ITK's and ANTs' pyramids).
     """
     sigma = [0.5 * (hl / h) if hl / h > 1.0 + 1e-6 else 0.0 for h, hl in zip(spacing_mm, level.spacing_mm)]
-    return resample_to_shape(gaussian_smooth(image, sigma), level.shape)
+    blur = gaussian_matrices(image.shape[2:], sigma, image.dtype, image.device)
+    resample = resampling_matrices(image.shape[2:], level.shape, image.dtype, image.device)
+    return apply_separable(image, compose(resample, blur))
