@@ -2,6 +2,7 @@
 // library (or torch::jit/torch.ops.load_library it) so the registrars run.
 #pragma once
 
+#include "box_sum.h"
 #include "bspline.h"
 #include "regularizers.h"
 #include "warp.h"

@@ -32,6 +32,8 @@ from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
+from ..ops.box import box_sum_
+
 __all__ = ["lncc_loss", "mse_loss", "mutual_information_loss", "ngf_loss", "box_sum"]
 
 _FLOATING = (torch.float32, torch.float64)
@@ -117,54 +119,10 @@ def _check_positive(value: float, name: str, op: str) -> float:
 # --------------------------------------------------------------------------------------------
 
 
-def _box_last_(x: torch.Tensor, r: int) -> None:
-    """In place: windowed sums of half-width ``r`` along the last dim (cumulative-sum differences)."""
-    d = x.dim() - 1
-    length = x.shape[d]
-    r = min(r, length - 1)
-    if r == 0:
-        return
-    c = x.cumsum(d)
-    x.narrow(d, 0, length - r).copy_(c.narrow(d, r, length - r))
-    tail = x.narrow(d, length - r, r)
-    tail.copy_(c.narrow(d, length - 1, 1).expand_as(tail))
-    if length - r - 1 > 0:
-        x.narrow(d, r + 1, length - r - 1).sub_(c.narrow(d, 0, length - r - 1))
-
-
-def _box_running_(x: torch.Tensor, d: int, r: int) -> None:
-    """In place: windowed sums of half-width ``r`` along dim ``d`` (not the last) by a running sum.
-
-    Each step adds the slice entering the window and subtracts the one leaving it;
-    the r + 1 most recent original slices are kept in a small ring buffer, so the
-    extra memory is (r + 1) slices. Slices along a non-last dim are contiguous
-    runs of at least one row, so every step streams memory.
-    """
-    length = x.shape[d]
-    r = min(r, length - 1)
-    if r == 0:
-        return
-    sl = x.unbind(d)  # views of the slices
-    acc = x.narrow(d, 0, r + 1).sum(d)
-    ring = [torch.empty_like(acc) for _ in range(r + 1)]
-    for i in range(length):
-        slot = ring[i % (r + 1)]
-        if i > 0:
-            if i + r < length:
-                acc.add_(sl[i + r])
-            if i - r - 1 >= 0:
-                acc.sub_(slot)  # holds original slice i - r - 1
-        if i + r + 1 < length:
-            slot.copy_(sl[i])
-        sl[i].copy_(acc)
-
-
 def _box_sum_(x: torch.Tensor, radii: Sequence[int]) -> torch.Tensor:
-    """In place box sums over the last ``len(radii)`` dims of a contiguous tensor ``x``; returns ``x``."""
-    nd = len(radii)
-    _box_last_(x, radii[-1])
-    for k in range(nd - 1):
-        _box_running_(x, x.dim() - nd + k, radii[k])
+    """In place box sums over the last ``len(radii)`` dims of a contiguous tensor ``x``; returns ``x``
+    (the compiled ``itk_odereg::_box_sum_`` op, or its pure-PyTorch reference)."""
+    box_sum_(x, radii)
     return x
 
 

@@ -8,12 +8,14 @@ LPS convention happens outside the ops.
 from __future__ import annotations
 
 from ..extension import has_ops, library_path
+from .box import box_sum_
 from .bspline import bspline_control_shape, bspline_to_dense
 from .regularizers import bending_energy, diffusion_energy, jacobian_determinant, jacobian_penalty
 from .warp import compose, warp
 
 __all__ = [
     "warp",
+    "box_sum_",
     "compose",
     "bspline_to_dense",
     "bspline_control_shape",
