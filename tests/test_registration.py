@@ -264,3 +264,71 @@ def test_registration_2d_matches_sitk_resample():
     f = sitk.GetArrayFromImage(fixed)
     before = sitk.GetArrayFromImage(moving)
     assert np.abs(ours - f)[4:-4, 4:-4].mean() < 0.5 * np.abs(before - f)[4:-4, 4:-4].mean()
+
+
+def test_euler_fast_path_integrates_like_torchdiffeq():
+    """The default solver (fixed-step Euler) runs without torchdiffeq's bookkeeping and skips the
+    first step's warp (the particles start on the grid): same map and energy as torchdiffeq's Euler."""
+    import torchdiffeq
+
+    from itk_odereg.ode.flow import NeuralODEFlow, _Dynamics
+    from itk_odereg.ode.velocity import VelocityNetwork
+
+    torch.manual_seed(3)
+    velocity = VelocityNetwork((6, 7, 8), (4.0, 4.0, 4.0), 3.0, hidden_channels=8).double()
+    with torch.no_grad():
+        velocity.coarse_velocity.normal_(0, 2.0)
+        for p in velocity.state_net.parameters():
+            p.normal_(0, 0.3)
+    flow = NeuralODEFlow(velocity, steps=4)
+    shape, spacing = (11, 13, 15), (2.0, 2.0, 2.0)
+    u, energy = flow(shape, spacing)
+    dynamics = _Dynamics(velocity, shape, torch.tensor(spacing, dtype=torch.float64))
+    zero = torch.zeros(1, 3, *shape, dtype=torch.float64)
+    ref_u, ref_e = torchdiffeq.odeint(dynamics, (zero, torch.zeros((), dtype=torch.float64)),
+                                      torch.tensor([0.0, 1.0], dtype=torch.float64), method="euler",
+                                      options={"step_size": 0.25})
+    assert float(u.abs().max()) > 1.0          # a real flow, not the identity
+    torch.testing.assert_close(u, ref_u[-1], atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(energy, ref_e[-1], atol=1e-10, rtol=1e-10)
+
+
+def test_nodeo_level_stops_once_converged():
+    """With a convergence threshold a level ends when its loss flattens (ANTs' convergence window);
+    the record that ended it says so, and the result still registers."""
+    from itk_odereg.registration.nodeo import nodeo_register
+
+    shape = (24, 24, 24)
+    base = phantom(shape, seed=8)
+    control = torch.randn(1, 3, *ops.bspline_control_shape(shape, (6, 6, 6)), generator=torch.Generator().manual_seed(9))
+    fixed = ops.warp(base, ops.bspline_to_dense(control, shape, (6, 6, 6)))
+    common = dict(levels=(2.0, 1.0), iterations=(200, 200), control_spacing_mm=6.0, smoothing_mm=3.0)
+    stopped = nodeo_register(fixed, base, (1.0, 1.0, 1.0), NODEOSettings(convergence_threshold=2e-3, **common))
+    per_level = [sum(1 for r in stopped.loss_history if r["level"] == k) for k in (0, 1)]
+    assert all(10 <= n < 200 for n in per_level), per_level
+    for k in (0, 1):
+        level = [r for r in stopped.loss_history if r["level"] == k]
+        assert level[-1].get("converged") and not any(r.get("converged") for r in level[:-1])
+    from itk_odereg.losses import make_metric
+
+    lncc = make_metric("lncc")
+    before, after = float(lncc(fixed, base)), float(lncc(fixed, ops.warp(base, stopped.displacement)))
+    # LNCC of the true map is not 0 (flat regions have NCC 0): the stopped levels got at least
+    # 90 % of the way from the unregistered loss to it (measured: beyond it).
+    truth = float(lncc(fixed, fixed))
+    assert after < truth + 0.1 * (before - truth), (before, after, truth)
+    with pytest.raises(ValueError, match="convergence_threshold"):
+        NODEOSettings(convergence_threshold=-1.0)
+
+
+def test_auto_working_resolution_follows_the_fixed_image():
+    from itk_odereg.core.grid import ImageGrid
+    from itk_odereg.registration.driver import working_resolution
+
+    grid = lambda spacing: ImageGrid((10, 10, 10), spacing, (0.0,) * 3, tuple(np.eye(3).ravel()))  # noqa: E731
+    assert working_resolution("auto", grid((2.0, 2.0, 2.0))) is None        # its own 2 mm grid
+    assert working_resolution("auto", grid((1.0, 1.0, 1.2))) is None        # 1 mm: its own grid
+    assert working_resolution("auto", grid((0.5, 0.5, 3.0))) == 1.0         # finer than 1 mm: 1 mm
+    assert working_resolution(3.0, grid((1.0, 1.0, 1.0))) == 3.0
+    with pytest.raises(ValueError, match="'resolution_mm' must be a number"):
+        working_resolution("fine", grid((1.0, 1.0, 1.0)))

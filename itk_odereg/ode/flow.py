@@ -18,7 +18,6 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
-import torchdiffeq
 
 from .. import ops
 from .velocity import VelocityNetwork
@@ -37,12 +36,17 @@ class _Dynamics(nn.Module):
         self.shape = tuple(shape)
         self.register_buffer("spacing_view", spacing_mm.view(1, -1, *([1] * len(shape))))
 
-    def forward(self, t: torch.Tensor, state):
+    def forward(self, t: torch.Tensor, state, at_identity: bool = False):
+        """(du/dt, d energy/dt); ``at_identity``: the caller knows u is exactly 0, where the
+        velocity at the particles is the field itself (trilinear sampling at grid points)."""
         u_mm, _ = state
         v_mm = self.velocity(u_mm, self.shape)
-        # Velocity at the particles' current positions; border padding extends
-        # the field beyond the grid instead of stopping particles there.
-        v_at_particles = ops.warp(v_mm, u_mm / self.spacing_view, "border")
+        if at_identity:
+            v_at_particles = v_mm
+        else:
+            # Velocity at the particles' current positions; border padding extends
+            # the field beyond the grid instead of stopping particles there.
+            v_at_particles = ops.warp(v_mm, u_mm / self.spacing_view, "border")
         energy_rate = (v_at_particles**2).sum(1).mean()
         return v_at_particles, energy_rate
 
@@ -99,6 +103,10 @@ class NeuralODEFlow(nn.Module):
         u0 = torch.zeros(1, len(shape), *shape, dtype=param.dtype, device=param.device)
         e0 = torch.zeros((), dtype=param.dtype, device=param.device)
         t = torch.tensor([0.0, 1.0], dtype=param.dtype, device=param.device)
+        if self.method == "euler" and not self.adjoint:
+            return self._euler(dynamics, u0, e0)
+        import torchdiffeq   # only for the other solvers: it costs start-up time and memory
+
         kwargs = {"method": self.method}
         if self.method in _FIXED_STEP:
             kwargs["options"] = {"step_size": 1.0 / self.steps}
@@ -110,6 +118,17 @@ class NeuralODEFlow(nn.Module):
         else:
             u, e = torchdiffeq.odeint(dynamics, (u0, e0), t, **kwargs)
         return u[-1], e[-1]
+
+    def _euler(self, dynamics: _Dynamics, u: torch.Tensor, energy: torch.Tensor):
+        """Fixed-step forward Euler on [0, 1], the same steps as torchdiffeq's "euler"
+        without its per-step bookkeeping. The first step starts at the identity (u = 0)."""
+        dt = 1.0 / self.steps
+        for step in range(self.steps):
+            t = torch.tensor(step * dt)
+            du, de = dynamics(t, (u, energy), at_identity=step == 0)
+            u = u + dt * du
+            energy = energy + dt * de
+        return u, energy
 
     @torch.no_grad()
     def velocity_history(self, shape: Sequence[int], spacing_mm: Sequence[float], steps: int | None = None):

@@ -25,6 +25,8 @@ import torch.nn.functional as F
 
 from ..losses import make_metric
 from ..ode.velocity import gaussian_smooth
+from .adam import Adam
+from .convergence import converged
 from .pyramid import pyramid_level, resample_to_shape
 
 __all__ = ["AffineSettings", "AffineResult", "affine_register", "center_of_mass"]
@@ -42,6 +44,8 @@ class AffineSettings:
     learning_rate: float = 0.02                          # Adam: ~radians, ~relative scale, and x 10 mm for shifts
     search_degrees: float = 25.0                         # rotation search at the coarsest level (0: none)
     stages: tuple[str, ...] = ("rigid", "affine")
+    convergence_window: int = 10                         # iterations in the convergence window
+    convergence_threshold: float = 1e-3                  # stop a level below this relative loss decrease per iteration (0: never)
     seed: Optional[int] = 0
 
 
@@ -201,9 +205,10 @@ def affine_register(
             raise ValueError(f'AffineSettings(): invalid stage "{stage}". Must be "rigid" or "affine"')
         iterations = settings.rigid_iterations if stage == "rigid" else settings.affine_iterations
         for (level, f_level, sampler), n_iter in zip(levels, iterations):
-            optimizer = torch.optim.Adam(params, lr=settings.learning_rate)
+            optimizer = Adam.of(params, settings.learning_rate)
+            level_losses: list = []
             for iteration in range(n_iter):
-                optimizer.zero_grad(set_to_none=True)
+                optimizer.zero_grad()
                 extra = None
                 if stage == "affine":
                     extra = torch.diag(torch.exp(log_scale)) + torch.triu(shear, diagonal=1)
@@ -214,8 +219,14 @@ def affine_register(
                 record = {"stage": stage, "level_spacing_mm": level.spacing_mm, "iteration": iteration,
                           "iterations": n_iter, "loss": float(loss.detach())}
                 history.append(record)
+                level_losses.append(record["loss"])
+                stop = converged(level_losses, settings.convergence_window, settings.convergence_threshold)
+                if stop:
+                    record["converged"] = True
                 if progress is not None:
                     progress(record)
+                if stop:
+                    break
 
     with torch.no_grad():
         extra = None

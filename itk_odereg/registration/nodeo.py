@@ -23,6 +23,8 @@ from ..losses import MILoss, make_metric
 from ..losses.functional import _robust_range
 from ..ode.flow import NeuralODEFlow, invert_displacement
 from ..ode.velocity import VelocityNetwork
+from .adam import Adam
+from .convergence import converged
 from .pyramid import downsample_image, pyramid_level, resample_to_shape
 
 __all__ = ["NODEOSettings", "NODEOResult", "nodeo_register"]
@@ -55,6 +57,8 @@ class NODEOSettings:
     jacobian_threshold: float = 0.5
     smoothness_weight: float = 0.05                        # lambda_df * diffusion energy (mm/mm)
     velocity_weight: float = 5e-5                          # lambda_v * kinetic energy (mm^2)
+    convergence_window: int = 10                           # iterations in the convergence window
+    convergence_threshold: float = 0.0                     # stop a level below this relative loss decrease per iteration (0: never)
     seed: Optional[int] = 0
 
     def __post_init__(self) -> None:
@@ -66,6 +70,10 @@ class NODEOSettings:
             raise ValueError(f"NODEOSettings(): pyramid 'levels' must be factors >= 1, got {self.levels}")
         if self.steps < 1:
             raise ValueError(f"NODEOSettings(): 'steps' must be >= 1, got {self.steps}")
+        if self.convergence_window < 3:
+            raise ValueError(f"NODEOSettings(): 'convergence_window' must be >= 3, got {self.convergence_window}")
+        if self.convergence_threshold < 0:
+            raise ValueError(f"NODEOSettings(): 'convergence_threshold' must be >= 0, got {self.convergence_threshold}")
 
 
 @dataclass
@@ -184,7 +192,7 @@ def nodeo_register(
     groups = [{"params": [velocity.coarse_velocity], "lr": settings.learning_rate_mm}]
     if velocity.state_net is not None:
         groups.append({"params": velocity.state_net.parameters(), "lr": settings.learning_rate_mm * 0.05})
-    optimizer = torch.optim.Adam(groups, amsgrad=True)
+    optimizer = Adam(groups, amsgrad=True)
     history: list = []
     full_spacing = _per_axis(spacing_mm, fixed)
 
@@ -194,18 +202,24 @@ def nodeo_register(
         moving_l = downsample_image(moving, spacing_mm, level)
         view = _per_axis(level.spacing_mm, fixed)
         flow_level = _flow_level(level, control_spacing_mm)
+        flow_view = _per_axis(flow_level.spacing_mm, fixed)
         initial_l = None
         if initial_displacement is not None:
             initial_l = resample_to_shape(initial_displacement * full_spacing, level.shape) / view
+        level_losses: list = []
         for iteration in range(iterations):
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad()
             u_mm, kinetic = flow(flow_level.shape, flow_level.spacing_mm)
             u_vox = resample_to_shape(u_mm, level.shape) / view
             sampled = u_vox if initial_l is None else u_vox + ops.warp(initial_l, u_vox, "border")
             warped = ops.warp(moving_l, sampled, "zeros")
             similarity = metric(fixed_l, warped)
-            jacobian = ops.jacobian_penalty(u_vox, settings.jacobian_threshold)
-            smoothness = ops.diffusion_energy(u_vox, level.spacing_mm)
+            # The penalties act on the flow's own grid, where the map is represented: on the
+            # level grid it is only the linear interpolation of it, and there they would cost
+            # two more full-resolution passes, forward and backward, per iteration.
+            u_flow = u_mm / flow_view
+            jacobian = ops.jacobian_penalty(u_flow, settings.jacobian_threshold)
+            smoothness = ops.diffusion_energy(u_flow, flow_level.spacing_mm)
             loss = (
                 similarity
                 + settings.jacobian_weight * jacobian
@@ -226,8 +240,14 @@ def nodeo_register(
                 "kinetic": float(kinetic.detach()),
             }
             history.append(record)
+            level_losses.append(record["loss"])
+            stop = converged(level_losses, settings.convergence_window, settings.convergence_threshold)
+            if stop:
+                record["converged"] = True
             if progress is not None:
                 progress(record)
+            if stop:
+                break
 
     with torch.no_grad():
         final = pyramid_level(shape, spacing_mm, 1.0)
