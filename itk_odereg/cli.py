@@ -149,8 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="NODEO iterations per pyramid level, coarse to fine, 1 to 3 values (default 150 100 50)")
     reg.add_argument("--steps", type=int, default=4, help="ODE solver steps on t in [0, 1] (default 4)")
     reg.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    reg.add_argument("--resolution", type=float, default=2.0, metavar="MM",
-                     help="NODEO working grid spacing in mm (default 2; 0: the fixed image's own grid)")
+    reg.add_argument("--resolution", type=_resolution, default="auto", metavar="MM",
+                     help="NODEO working grid spacing in mm (default auto: the fixed image's own grid, "
+                          "or 1 mm for images finer than 1 mm; 0: always the fixed grid)")
     reg.add_argument("--threads", type=int, default=None, metavar="N",
                      help="CPU threads of torch and ITK (default: torch's and ITK's defaults)")
     reg.add_argument("--qc", action="store_true", help="also write PREFIXQC.png")
@@ -305,6 +306,16 @@ def _check_prefix(prefix: str) -> None:
         raise CLIError(f"the output directory does not exist: '{directory}' (create it first, e.g. mkdir -p)")
 
 
+def _resolution(text: str):
+    """--resolution: 'auto' or a number of mm (argparse type)."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of mm, 0 or auto, got {text!r}") from None
+
+
 def _check_input_file(path: str, option: str) -> None:
     if not os.path.exists(path):
         raise CLIError(f"{option} file not found: '{path}'")
@@ -345,8 +356,8 @@ def _cmd_register(args: argparse.Namespace) -> int:
         raise CLIError(f"--iterations must be non-negative, got {args.iterations}")
     if args.steps < 1:
         raise CLIError(f"--steps must be at least 1, got {args.steps}")
-    if args.resolution < 0:
-        raise CLIError(f"--resolution must be positive (mm) or 0 for the fixed grid, got {args.resolution}")
+    if args.resolution != "auto" and args.resolution < 0:
+        raise CLIError(f"--resolution must be positive (mm), 0 for the fixed grid or auto, got {args.resolution}")
     if args.threads is not None and args.threads < 1:
         raise CLIError(f"--threads must be at least 1, got {args.threads}")
     outputs = register_outputs(args.output, args.qc)
@@ -371,7 +382,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
         result = register(
             fixed_img, moving_img, method=args.method, model=args.model, metric=args.metric, affine=None if args.affine == "none" else args.affine,
             device=args.device, iterations=tuple(args.iterations) if args.iterations else None, steps=args.steps,
-            seed=args.seed, progress=not args.quiet, resolution_mm=args.resolution or None,
+            seed=args.seed, progress=not args.quiet, resolution_mm=args.resolution if args.resolution == "auto" else (args.resolution or None),
         )
     except (ValueError, TypeError) as err:
         # Name the command line options instead of the Python arguments.
@@ -388,6 +399,12 @@ def _cmd_register(args: argparse.Namespace) -> int:
         image = sitk.Resample(fixed_img, moving_img, result.inverse_transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
         _write_image(image, outputs["inverse_warped"], inputs)
 
+    def composites() -> None:
+        # One job for both: the HDF5 library behind ITK's .h5 writer is not thread-safe
+        # (two files created at once fail in H5Fcreate).
+        write_composite_h5(outputs["composite"], result.transform, inputs=inputs)
+        write_composite_h5(outputs["inverse_composite"], result.inverse_transform, inputs=inputs)
+
     # Every file is written atomically by its own job; the jobs run on a few threads, so the
     # gzip compression of one file (zlib releases the GIL) overlaps the others. Largest first.
     jobs = [
@@ -396,8 +413,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
         lambda: _write_image(sitk.Cast(result.warped, sitk.sitkFloat32), outputs["warped"], inputs),
         inverse_warped,
         lambda: _write_image(sitk.Cast(result.jacobian_determinant, sitk.sitkFloat32), outputs["jacobian"], inputs),
-        lambda: write_composite_h5(outputs["composite"], result.transform, inputs=inputs),
-        lambda: write_composite_h5(outputs["inverse_composite"], result.inverse_transform, inputs=inputs),
+        composites,
     ]
     _run_jobs(jobs, args.threads)
     if args.qc:

@@ -122,7 +122,7 @@ def test_method_displacement_field_is_the_whole_map(pair, method_run):
 def test_method_str_repr_and_name():
     method = ODERegistrationMethod(metric="mi", NumberOfIterations=(5,))
     text = str(method)
-    for word in ("Metric: 'mi'", "Iterations: (5,)", "Affine: 'affine'", "Device: 'cpu'", "ResolutionMM: 2.0",
+    for word in ("Metric: 'mi'", "Iterations: (5,)", "Affine: 'affine'", "Device: 'cpu'", "ResolutionMM: 'auto'",
                  "Executed: False"):
         assert word in text
     assert repr(method).startswith("ODERegistrationMethod(method='nodeo', model='bspline', metric='mi'")
@@ -186,7 +186,7 @@ def test_defaults_on_off_and_aliases(make):
     obj = make()
     get_bar = obj.GetProgressBar if isinstance(obj, ODERegistrationFilter) else obj.GetProgress
     assert (obj.GetMetric(), obj.GetAffine(), obj.GetDevice(), obj.GetIterations(), obj.GetSteps(), obj.GetSeed(),
-            obj.GetResolutionMM(), get_bar()) == ("lncc", "affine", "cpu", None, 4, 0, 2.0, False)
+            obj.GetResolutionMM(), get_bar()) == ("lncc", "affine", "cpu", None, 4, 0, "auto", False)
     obj.ProgressOn()
     assert get_bar() is True
     obj.ProgressOff()

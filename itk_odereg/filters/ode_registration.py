@@ -43,7 +43,7 @@ _PARAMETERS: dict[str, tuple[str, Any]] = {
     "iterations": ("Iterations", None),
     "steps": ("Steps", 4),
     "seed": ("Seed", 0),
-    "resolution_mm": ("ResolutionMM", 2.0),
+    "resolution_mm": ("ResolutionMM", "auto"),
     "progress": ("Progress", False),
     "nodeo_settings": ("NODEOSettings", None),
     "affine_settings": ("AffineSettings", None),
@@ -128,15 +128,15 @@ def _check_seed(value: Any, caller: str) -> Optional[int]:
     return int(value)
 
 
-def _check_resolution(value: Any, caller: str) -> Optional[float]:
-    if value is None:
-        return None
+def _check_resolution(value: Any, caller: str):
+    if value is None or value == "auto":
+        return value
     try:
         out = float(value)
     except (TypeError, ValueError):
-        raise TypeError(f"{caller}: 'resolution_mm' must be a number (mm) or None, got {value!r}") from None
+        raise TypeError(f"{caller}: 'resolution_mm' must be a number (mm), 'auto' or None, got {value!r}") from None
     if not out > 0:
-        raise ValueError(f"{caller}: 'resolution_mm' must be positive (mm) or None, got {value!r}")
+        raise ValueError(f"{caller}: 'resolution_mm' must be positive (mm), 'auto' or None, got {value!r}")
     return out
 
 
@@ -288,14 +288,15 @@ class _Parameters:
 
     # -- resolution
     def SetResolutionMM(self, resolution_mm: Optional[float]) -> None:
-        """Spacing in mm of the grid NODEO works on (default 2.0; None: the fixed image's own grid).
+        """Spacing in mm of the grid NODEO works on (default "auto": the fixed image's own grid, or
+        1 mm for images finer than 1 mm; None: always the fixed image's own grid).
 
         Results are always on the fixed grid.
         """
         self._set("resolution_mm", resolution_mm)
 
     def GetResolutionMM(self) -> Optional[float]:
-        """The working resolution in mm (None: the fixed grid)."""
+        """The working resolution in mm, "auto" or None (the fixed grid)."""
         return self._params["resolution_mm"]
 
     # -- progress
