@@ -332,3 +332,27 @@ def test_auto_working_resolution_follows_the_fixed_image():
     assert working_resolution(3.0, grid((1.0, 1.0, 1.0))) == 3.0
     with pytest.raises(ValueError, match="'resolution_mm' must be a number"):
         working_resolution("fine", grid((1.0, 1.0, 1.0)))
+
+
+def test_returned_map_integrates_the_optimized_flow_with_output_steps():
+    """NODEO optimizes with `steps` Euler steps and returns the same velocity integrated with
+    max(steps, output_steps): the finer solution of the optimized ODE."""
+    from itk_odereg.registration.nodeo import nodeo_register
+
+    shape = (20, 20, 20)
+    base = phantom(shape, seed=10)
+    fixed = base.roll(1, 2)
+    # a 2 mm control grid: the flow is integrated on the 1 mm image grid itself
+    settings = NODEOSettings(levels=(1.0,), iterations=(8,), steps=2, output_steps=4, control_spacing_mm=2.0,
+                             smoothing_mm=2.0)
+    result = nodeo_register(fixed, base, (1.0, 1.0, 1.0), settings)
+    flow = result.flow
+    assert flow.steps == 4
+    with torch.no_grad():
+        four, _ = flow(shape, (1.0, 1.0, 1.0))
+        flow.steps = 2
+        two, _ = flow(shape, (1.0, 1.0, 1.0))
+    torch.testing.assert_close(result.displacement, four)
+    assert float((four - two).abs().max()) > 1e-4       # the two integrations differ
+    with pytest.raises(ValueError, match="output_steps"):
+        NODEOSettings(output_steps=0)

@@ -168,7 +168,7 @@ def register(
     affine: Optional[str] = "affine",
     device: str | torch.device | None = "cpu",
     iterations: Optional[tuple[int, ...]] = None,
-    steps: int = 4,
+    steps: int = 2,
     seed: Optional[int] = 0,
     progress: bool | Callable[[dict], None] = False,
     resolution_mm: float | str | None = "auto",
@@ -192,7 +192,8 @@ def register(
             None to skip the pre-alignment (the images must already overlap).
         device: ``"cpu"`` or ``"cuda"``.
         iterations: NODEO iterations per pyramid level (coarse to fine); default (150, 100, 50).
-        steps: ODE solver steps on [0, 1].
+        steps: Euler steps on [0, 1] while NODEO optimizes (the returned map integrates the
+            optimized flow with at least 4, ``NODEOSettings.output_steps``).
         seed: random seed (None: not seeded).
         progress: True for a progress bar on stderr, or a callable receiving one dict per iteration.
         resolution_mm: NODEO works on a grid of about this spacing (mm) spanning the fixed image.

@@ -46,7 +46,8 @@ class NODEOSettings:
     metric_options: dict = field(default_factory=dict)
     levels: tuple[float, ...] = (4.0, 2.0, 1.0)          # pyramid factors, coarse to fine
     iterations: tuple[int, ...] = (150, 100, 50)         # Adam iterations per level
-    steps: int = 4                                        # solver steps on [0, 1]
+    steps: int = 2                                        # Euler steps on [0, 1] while optimizing
+    output_steps: int = 4                                  # steps of the returned map: max(steps, output_steps)
     method: str = "euler"
     adjoint: bool = False
     learning_rate_mm: float = 0.2                          # Adam step on the coarse velocity, mm
@@ -70,6 +71,8 @@ class NODEOSettings:
             raise ValueError(f"NODEOSettings(): pyramid 'levels' must be factors >= 1, got {self.levels}")
         if self.steps < 1:
             raise ValueError(f"NODEOSettings(): 'steps' must be >= 1, got {self.steps}")
+        if self.output_steps < 1:
+            raise ValueError(f"NODEOSettings(): 'output_steps' must be >= 1, got {self.output_steps}")
         if self.convergence_window < 3:
             raise ValueError(f"NODEOSettings(): 'convergence_window' must be >= 3, got {self.convergence_window}")
         if self.convergence_threshold < 0:
@@ -250,6 +253,11 @@ def nodeo_register(
                 break
 
     with torch.no_grad():
+        # The optimized velocity field, integrated with at least ``output_steps`` steps: a finer
+        # solution of the same ODE than the optimization needed, closer to its diffeomorphic limit.
+        # Measured (benchmarks/README.md): optimizing with 2 steps and returning 4 keeps the Dice
+        # of 4 throughout, folds no voxel where 2 throughout folded some, and costs 2/3 the time.
+        flow.steps = max(settings.steps, settings.output_steps)
         final = pyramid_level(shape, spacing_mm, 1.0)
         flow_level = _flow_level(final, control_spacing_mm)
         u_mm, _ = flow(flow_level.shape, flow_level.spacing_mm)
