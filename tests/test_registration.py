@@ -356,3 +356,15 @@ def test_returned_map_integrates_the_optimized_flow_with_output_steps():
     assert float((four - two).abs().max()) > 1e-4       # the two integrations differ
     with pytest.raises(ValueError, match="output_steps"):
         NODEOSettings(output_steps=0)
+
+
+def test_same_seed_gives_bit_identical_outputs_on_cpu():
+    fixed_t = phantom((20, 22, 24), seed=11)
+    fixed = to_sitk(fixed_t, (2.0, 2.0, 2.0))
+    moving = to_sitk(fixed_t.roll(2, 3), (2.0, 2.0, 2.0))
+    kwargs = dict(iterations=(6, 4), resolution_mm=None, affine_settings=FAST_AFFINE, seed=3)
+    first, second = register(fixed, moving, **kwargs), register(fixed, moving, **kwargs)
+    assert np.array_equal(sitk.GetArrayFromImage(first.warped), sitk.GetArrayFromImage(second.warped))
+    assert np.array_equal(first.deformable_field_mm, second.deformable_field_mm)
+    assert np.array_equal(first.inverse_field_mm, second.inverse_field_mm)
+    assert np.array_equal(first.affine_matrix, second.affine_matrix)
