@@ -147,8 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="torch device (default cpu)")
     reg.add_argument("--iterations", type=int, nargs="+", metavar="N",
                      help="NODEO iterations per pyramid level, coarse to fine, 1 to 3 values (default 150 100 50)")
-    reg.add_argument("--steps", type=int, default=2,
-                     help="Euler steps on t in [0, 1] while NODEO optimizes (default 2; the written map "
+    reg.add_argument("--steps", type=int, default=4,
+                     help="Euler steps on t in [0, 1] while NODEO optimizes (default 4; the written map "
                           "integrates the optimized flow with at least 4)")
     reg.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     reg.add_argument("--resolution", type=_resolution, default="auto", metavar="MM",

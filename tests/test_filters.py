@@ -186,7 +186,7 @@ def test_defaults_on_off_and_aliases(make):
     obj = make()
     get_bar = obj.GetProgressBar if isinstance(obj, ODERegistrationFilter) else obj.GetProgress
     assert (obj.GetMetric(), obj.GetAffine(), obj.GetDevice(), obj.GetIterations(), obj.GetSteps(), obj.GetSeed(),
-            obj.GetResolutionMM(), get_bar()) == ("lncc", "affine", "cpu", None, 2, 0, "auto", False)
+            obj.GetResolutionMM(), get_bar()) == ("lncc", "affine", "cpu", None, 4, 0, "auto", False)
     obj.ProgressOn()
     assert get_bar() is True
     obj.ProgressOff()
@@ -230,7 +230,7 @@ def test_unknown_keyword_is_refused():
 def test_filter_setters_mark_it_modified_only_on_change():
     reg = ODERegistrationFilter.New()
     t0 = reg.GetMTime()
-    reg.SetSteps(2)  # the default: no change
+    reg.SetSteps(4)  # the default: no change
     assert reg.GetMTime() == t0
     reg.SetSteps(6)
     assert reg.GetMTime() > t0

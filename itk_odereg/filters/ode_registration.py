@@ -41,7 +41,7 @@ _PARAMETERS: dict[str, tuple[str, Any]] = {
     "affine": ("Affine", "affine"),
     "device": ("Device", "cpu"),
     "iterations": ("Iterations", None),
-    "steps": ("Steps", 2),
+    "steps": ("Steps", 4),
     "seed": ("Seed", 0),
     "resolution_mm": ("ResolutionMM", "auto"),
     "progress": ("Progress", False),
@@ -270,7 +270,7 @@ class _Parameters:
 
     # -- steps
     def SetSteps(self, steps: int) -> None:
-        """Euler steps on t in [0, 1] while NODEO optimizes (default 2; the returned map integrates the flow with at least 4)."""
+        """Euler steps on t in [0, 1] while NODEO optimizes (default 4; the returned map integrates the flow with at least 4)."""
         self._set("steps", steps)
 
     def GetSteps(self) -> int:

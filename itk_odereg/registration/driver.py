@@ -168,7 +168,7 @@ def register(
     affine: Optional[str] = "affine",
     device: str | torch.device | None = "cpu",
     iterations: Optional[tuple[int, ...]] = None,
-    steps: int = 2,
+    steps: int = 4,
     seed: Optional[int] = 0,
     progress: bool | Callable[[dict], None] = False,
     resolution_mm: float | str | None = "auto",
