@@ -119,20 +119,13 @@ def _check_positive(value: float, name: str, op: str) -> float:
 # --------------------------------------------------------------------------------------------
 
 
-def _box_sum_(x: torch.Tensor, radii: Sequence[int]) -> torch.Tensor:
-    """In place box sums over the last ``len(radii)`` dims of a contiguous tensor ``x``; returns ``x``
-    (the compiled ``itk_odereg::_box_sum_`` op, or its pure-PyTorch reference)."""
-    box_sum_(x, radii)
-    return x
-
-
 class _BoxSum(torch.autograd.Function):
     """Box sum; its adjoint is the same box sum (symmetric windows, zero padding)."""
 
     @staticmethod
     def forward(ctx, x, radii):
         ctx.radii = radii
-        return _box_sum_(x.clone(memory_format=torch.contiguous_format), radii)
+        return box_sum_(x.clone(memory_format=torch.contiguous_format), radii)
 
     @staticmethod
     def backward(ctx, grad):
@@ -240,11 +233,11 @@ class _LNCC(torch.autograd.Function):
         torch.mul(q[0], fc, out=q[2])
         torch.mul(q[1], mc, out=q[3])
         torch.mul(q[0], mc, out=q[4])
-        _box_sum_(q, radii)
+        box_sum_(q, radii)
         if mask is None:
             n = _window_counts(fixed.shape[2:], radii, fixed.dtype, fixed.device)
         else:
-            n = _box_sum_(mask.clone(), radii).clamp_min_(1.0)  # windows with no mask voxel: weight 0 anyway
+            n = box_sum_(mask.clone(), radii).clamp_min_(1.0)  # windows with no mask voxel: weight 0 anyway
         inv_n = n.reciprocal()
 
         a, b, aa, bb, ab = q.unbind(0)
@@ -301,7 +294,7 @@ class _LNCC(torch.autograd.Function):
             s = eps * (beta * n).sum(dims, keepdim=True) * (eps * var_glob > floor)
             coef[name] = (k, s)
             k += 2
-        r = _box_sum_(r, radii)
+        r = box_sum_(r, radii)
 
         # dL/d own = m (other box(alpha) + 2 own box(beta) + box(gamma)) + (2 / count) s own
         grads = {}

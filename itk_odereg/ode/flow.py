@@ -36,7 +36,7 @@ class _Dynamics(nn.Module):
         self.shape = tuple(shape)
         self.register_buffer("spacing_view", spacing_mm.view(1, -1, *([1] * len(shape))))
 
-    def forward(self, t: torch.Tensor, state, at_identity: bool = False):
+    def forward(self, t, state, at_identity: bool = False):
         """(du/dt, d energy/dt); ``at_identity``: the caller knows u is exactly 0, where the
         velocity at the particles is the field itself (trilinear sampling at grid points)."""
         u_mm, _ = state
@@ -124,8 +124,8 @@ class NeuralODEFlow(nn.Module):
         without its per-step bookkeeping. The first step starts at the identity (u = 0)."""
         dt = 1.0 / self.steps
         for step in range(self.steps):
-            t = torch.tensor(step * dt)
-            du, de = dynamics(t, (u, energy), at_identity=step == 0)
+            # The dynamics are autonomous (they do not read t): no tensor is made for it.
+            du, de = dynamics(step * dt, (u, energy), at_identity=step == 0)
             u = u + dt * du
             energy = energy + dt * de
         return u, energy

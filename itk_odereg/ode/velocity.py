@@ -116,11 +116,6 @@ class VelocityNetwork(nn.Module):
         sigma = [self.smoothing_mm / h for h in self.control_spacing_mm]
         return gaussian_matrices(self.control_shape, sigma, like.dtype, like.device)
 
-    def coarse(self, state_mm: torch.Tensor | None) -> torch.Tensor:
-        """Smoothed velocity on the control grid, [1, d, *control_shape], axis mm."""
-        raw = self._raw(state_mm)
-        return apply_separable(raw, self._smoothing(raw))
-
     def forward(self, state_mm: torch.Tensor | None, shape: Sequence[int]) -> torch.Tensor:
         """Velocity on a grid of ``shape`` spanning the same box, [1, d, *shape], axis mm.
 

@@ -27,7 +27,7 @@ from ..losses import make_metric
 from ..ode.velocity import gaussian_smooth
 from .adam import Adam
 from .convergence import converged
-from .pyramid import pyramid_level, resample_to_shape
+from .pyramid import downsample_image, pyramid_level
 
 __all__ = ["AffineSettings", "AffineResult", "affine_register", "center_of_mass"]
 
@@ -172,10 +172,7 @@ def affine_register(
     levels = []
     for spacing_mm in settings.level_spacings_mm:
         level, points = _level_points(list(fixed.shape[2:]), f_spacing, f_i2w, spacing_mm, dtype, device)
-        f_level = resample_to_shape(
-            gaussian_smooth(fixed, [0.5 * hl / h if hl > h else 0.0 for h, hl in zip(f_spacing, level.spacing_mm)]),
-            level.shape,
-        )
+        f_level = downsample_image(fixed, f_spacing, level)
         sigma_m = [0.5 * spacing_mm / h if spacing_mm > h else 0.0 for h in m_spacing]
         sampler = _Sampler(gaussian_smooth(moving, sigma_m), m_w2i.to(device), points)
         levels.append((level, f_level, sampler))
