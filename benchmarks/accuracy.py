@@ -304,6 +304,15 @@ def worker_nodeo(pair: Path, out: Path, task: str, threads: int, variant: dict) 
                          for k, v in vars(settings or NODEOSettings(metric=metric)).items()}}
 
 
+def _greedy_warp_labels(g, labels: sitk.Image, threads: int, transforms: str, log, out: Path) -> None:
+    """The moving labels resliced onto the fixed grid by greedy itself (nearest neighbour, ``-r transforms``
+    in antsApplyTransforms order), written as ``warped_labels.nii``."""
+    g.execute(f"-d 3 -threads {threads} -rf fix -ri NN -rm lab resliced -r {transforms}",
+              lab=sitk.Cast(labels, sitk.sitkFloat64), resliced=None, out=log, err=log)
+    warped = sitk.Cast(sitk.Round(g["resliced"]), labels.GetPixelID())
+    sitk.WriteImage(warped, str(out / "warped_labels.nii"))
+
+
 def worker_greedy(pair: Path, out: Path, task: str, threads: int, variant: dict) -> dict:
     import io
 
@@ -325,10 +334,7 @@ def worker_greedy(pair: Path, out: Path, task: str, threads: int, variant: dict)
     cpu = _cpu_seconds() - c0
     seconds = time.perf_counter() - t0
     peak = _peak_mib()
-    g.execute(f"-d 3 -threads {threads} -rf fix -ri NN -rm lab resliced -r warp",
-              lab=sitk.Cast(labels, sitk.sitkFloat64), resliced=None, out=log, err=log)
-    warped = sitk.Cast(sitk.Round(g["resliced"]), labels.GetPixelID())
-    sitk.WriteImage(warped, str(out / "warped_labels.nii"))
+    _greedy_warp_labels(g, labels, threads, "warp", log, out)
     warp = g["warp"]
     transform = sitk.DisplacementFieldTransform(sitk.Cast(warp, sitk.sitkVectorFloat64))
     _write_field(_field_of(transform, fixed), out)
@@ -371,10 +377,7 @@ def worker_greedy_full(pair: Path, out: Path, task: str, threads: int, variant: 
     seconds = time.perf_counter() - t0
     peak = _peak_mib()
     # greedy applies "-r warp affine" as antsApplyTransforms does: a fixed point goes through the warp, then the affine.
-    g.execute(f"-d 3 -threads {threads} -rf fix -ri NN -rm lab resliced -r warp affine",
-              lab=sitk.Cast(labels, sitk.sitkFloat64), resliced=None, out=log, err=log)
-    warped = sitk.Cast(sitk.Round(g["resliced"]), labels.GetPixelID())
-    sitk.WriteImage(warped, str(out / "warped_labels.nii"))
+    _greedy_warp_labels(g, labels, threads, "warp affine", log, out)
     # greedy's own composition of the two (-rc: the whole map as one displacement field, LPS mm).
     g.execute(f"-d 3 -threads {threads} -rf fix -rc composed -r warp affine", composed=None, out=log, err=log)
     _write_field(g["composed"], out)
