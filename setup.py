@@ -96,7 +96,7 @@ setup(
     python_requires=">=3.10",
     # torch is deliberately absent from install_requires: it must be installed
     # first (pip install torch==2.13.0) so pip never swaps in a CUDA build.
-    install_requires=["numpy", "scipy", "torchdiffeq>=0.2.3", "SimpleITK>=2.2", "itk>=5.3", "matplotlib"],
+    install_requires=["numpy", "scipy", "torchdiffeq>=0.2.3", "SimpleITK>=2.2", "itk>=5.3", "matplotlib", "tqdm>=4.60"],
     extras_require={
         # antspyx: the ANTs interoperability tests run ants.apply_transforms on our outputs.
         "test": ["pytest", "expecttest", "antspyx", "nibabel"],

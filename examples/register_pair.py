@@ -21,11 +21,10 @@ from __future__ import annotations
 import argparse
 import os
 
-import SimpleITK as sitk
-
-from itk_odereg.io_utils import atomic_write
-from itk_odereg.registration.driver import register
-from itk_odereg.transforms import displacement_field_image, write_ants_transforms, write_composite_h5
+from itk_odereg.adapters.ants import write_registration
+from itk_odereg.core.image import load_image
+from itk_odereg.registration.engine import register_images
+from itk_odereg.registration.options import RegistrationOptions
 
 
 def main() -> None:
@@ -43,35 +42,23 @@ def main() -> None:
     os.makedirs(os.path.dirname(os.path.abspath(prefix + "x")), exist_ok=True)
     inputs = [args.fixed, args.moving]  # never overwritten by the writers below
 
-    result = register(args.fixed, args.moving, metric=args.metric, device=args.device,
-                      iterations=tuple(args.iterations) if args.iterations else None, progress=True)
+    # Data flows one way: images as tensors on grids, the engine, then the ANTs adapter.
+    fixed = load_image(args.fixed, "fixed")
+    moving = load_image(args.moving, "moving")
+    options = RegistrationOptions.create(metric=args.metric, device=args.device,
+                                         iterations=tuple(args.iterations) if args.iterations else None)
+    registration = register_images(fixed, moving, options, progress=True)
 
-    warped_path = prefix + "Warped.nii.gz"
-    atomic_write(warped_path, lambda tmp: sitk.WriteImage(result.warped, tmp), inputs=inputs)
     # ANTs files: the warp holds the deformable part only; the affine is in the .mat.
-    grid = result.fixed_grid
-    files = write_ants_transforms(
-        prefix,
-        (result.affine_matrix, result.affine_translation),
-        displacement_field_image(result.deformable_field_mm, grid),
-        displacement_field_image(result.inverse_field_mm, grid),
-        inputs=inputs,
-    )
-    composite_path = write_composite_h5(prefix + "Composite.h5", result.transform, inputs=inputs)
-    written = [warped_path, *files.fwdtransforms[::-1], files.inverse_warp, composite_path]
-    if args.qc:
-        from itk_odereg.qc import qc_figure
+    roles = ["warped", "affine", "warp", "inverse_warp", "composite"] + (["qc"] if args.qc else [])
+    paths = write_registration(registration, prefix, fixed=fixed, moving=moving, roles=roles, inputs=inputs)
 
-        written.append(qc_figure(args.fixed, args.moving, result.warped, result.jacobian_determinant,
-                                 displacement_field_image(result.deformable_field_mm, grid), prefix + "QC.png",
-                                 moving_transform=(result.affine_matrix, result.affine_translation)))
-
-    print(f"done in {result.timings['total']:.1f} s "
-          f"(affine {result.timings['affine']:.1f} s, NODEO {result.timings['nodeo']:.1f} s); "
-          f"folding {result.folding_percent:.3f}% of voxels")
-    print("ANTs fwdtransforms:", files.fwdtransforms)
-    print("ANTs invtransforms:", files.invtransforms, "with whichtoinvert=[True, False]")
-    for path in written:
+    timings = registration.timings
+    print(f"affine {timings['affine']:.1f} s, NODEO {timings['nodeo']:.1f} s; "
+          f"folding {registration.folding_percent:.3f}% of voxels")
+    print("ANTs fwdtransforms:", [paths["warp"], paths["affine"]])
+    print("ANTs invtransforms:", [paths["affine"], paths["inverse_warp"]], "with whichtoinvert=[True, False]")
+    for path in paths.values():
         print("wrote", path)
 
 

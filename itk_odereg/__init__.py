@@ -8,7 +8,9 @@ Entry points (every transform maps fixed points to moving points, LPS mm, as in 
 * :class:`ODERegistrationMethod`: SimpleITK style, ``Execute(fixed, moving) -> sitk.Transform``;
 * :func:`ants_registration`: ``ants.registration``-style dict and ANTs-named transform files;
 * the ``itk-odereg`` command line (:mod:`itk_odereg.cli`);
-* :mod:`itk_odereg.ops`: the compiled kernels as torch ops.
+* :mod:`itk_odereg.ops`: the compiled kernels as torch ops; :mod:`itk_odereg.losses`: the similarity losses;
+* the engine beneath all of them: :func:`register_images` (tensors on :class:`ImageGrid` s in, a
+  toolkit-neutral :class:`Registration` out), its :class:`RegistrationOptions` and its :data:`STAGES`.
 
 The names above are imported on first use (PEP 562 module ``__getattr__``), so
 ``import itk_odereg`` and the command line's ``--help`` do not import torch;
@@ -31,6 +33,12 @@ _LAZY = {
     "ode_registration_filter": ("filters", "ode_registration_filter"),
     "ants_registration": ("ants_compat", "ants_registration"),
     "qc_figure": ("qc", "qc_figure"),
+    "losses": ("losses", None),
+    "ImageGrid": ("core.grid", "ImageGrid"),
+    "Registration": ("registration.result", "Registration"),
+    "RegistrationOptions": ("registration.options", "RegistrationOptions"),
+    "register_images": ("registration.engine", "register_images"),
+    "STAGES": ("registration.stages", "STAGES"),
 }
 
 __all__ = [
@@ -43,10 +51,21 @@ __all__ = [
     "ode_registration_filter",
     "ants_registration",
     "qc_figure",
+    "losses",
+    "ImageGrid",
+    "Registration",
+    "RegistrationOptions",
+    "register_images",
+    "STAGES",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from . import ops
+    from . import losses, ops
+    from .core.grid import ImageGrid
+    from .registration.engine import register_images
+    from .registration.options import RegistrationOptions
+    from .registration.result import Registration
+    from .registration.stages import STAGES
     from .ants_compat import ants_registration
     from .filters import ODERegistrationFilter, ODERegistrationMethod, ode_registration_filter
     from .qc import qc_figure

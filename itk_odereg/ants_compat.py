@@ -17,7 +17,7 @@ transform is applied to the image first**; equivalently a point of the output
 to ``A(W(p))`` in the moving image; ``invtransforms = [affine, inverse warp]``
 with ``whichtoinvert=[True, False]`` maps a moving point ``q`` to
 ``W^-1(A^-1(q))``. The warp files hold the **deformable part only**
-(``RegistrationResult.deformable_field_mm`` and ``inverse_field_mm``) on the
+(``Registration.displacement_mm`` and ``inverse_displacement_mm``) on the
 fixed grid, so that the affine is not applied twice.
 
 ``type_of_transform`` mapping:
@@ -29,8 +29,8 @@ ANTs name      pre-alignment          deformable stage / files
 ``"SyNOnly"``  none                   NODEO; identity ``.mat`` + both warps
 ``"ElasticOnly"`` none                same as ``"SyNOnly"`` (the NODEO flow is the
                                       only deformable model here)
-``"Affine"``   affine (rigid, affine) none; ``.mat`` only
-``"Rigid"``    rigid                  none; ``.mat`` only
+``"Affine"``   affine (rigid, affine) stage ``none``; ``.mat`` only
+``"Rigid"``    rigid                  stage ``none``; ``.mat`` only
 ============== ====================== ============================================
 
 For ``"Affine"``/``"Rigid"`` the lists are ``fwdtransforms = [affine]`` and
@@ -44,25 +44,18 @@ import os
 import tempfile
 from typing import Any, Optional
 
-from .core.image import load_image, tensor_to_sitk
+from .core.image import LoadedImage, load_image
 from .io_utils import check_not_inputs
-from .registration.driver import register
-from .transforms import (
-    affine_matrix_to_sitk,
-    displacement_field_image,
-    write_ants_transforms,
-    write_transform,
-)
 
 __all__ = ["ants_registration", "TYPE_OF_TRANSFORM", "ANTS_METRICS", "is_ants_image"]
 
-#: ``type_of_transform`` -> (pre-alignment mode for :func:`register`, deformable stage?)
-TYPE_OF_TRANSFORM: dict[str, tuple[Optional[str], bool]] = {
-    "SyN": ("affine", True),
-    "SyNOnly": (None, True),
-    "ElasticOnly": (None, True),
-    "Affine": ("affine", False),
-    "Rigid": ("rigid", False),
+#: ``type_of_transform`` -> (linear stage or None, deformable stage), from :data:`itk_odereg.registration.stages.STAGES`.
+TYPE_OF_TRANSFORM: dict[str, tuple[Optional[str], str]] = {
+    "SyN": ("affine", "nodeo"),
+    "SyNOnly": (None, "nodeo"),
+    "ElasticOnly": (None, "nodeo"),
+    "Affine": ("affine", "none"),
+    "Rigid": ("rigid", "none"),
 }
 
 #: ANTs metric names (lower case) accepted for ``metric`` besides ours.
@@ -77,10 +70,8 @@ def is_ants_image(obj: Any) -> bool:
     return type(obj).__name__ == "ANTsImage" and (type(obj).__module__ or "").startswith("ants")
 
 
-def _as_sitk(image: Any, name: str, caller: str) -> Any:
-    """A SimpleITK image for an ANTsImage, SimpleITK image, ITK image or file path."""
-    import SimpleITK as sitk
-
+def _load(image: Any, name: str, caller: str) -> LoadedImage:
+    """An ANTsImage, SimpleITK image, ITK image or file path as a tensor on its grid."""
     if is_ants_image(image):
         import ants
 
@@ -89,11 +80,8 @@ def _as_sitk(image: Any, name: str, caller: str) -> Any:
                              "only scalar images are supported")
         if image.dimension not in (2, 3):
             raise ValueError(f"{caller}: '{name}' is a {image.dimension}D image; only 2D and 3D images are supported")
-        return ants.to_sitk(image)
-    if isinstance(image, sitk.Image):
-        return image
-    loaded = load_image(image, name, caller)
-    return tensor_to_sitk(loaded.tensor, loaded.grid, dtype=loaded.dtype)
+        image = ants.to_sitk(image)
+    return load_image(image, name, caller)
 
 
 def _to_output(image: Any, want_ants: bool) -> Any:
@@ -133,7 +121,7 @@ def ants_registration(
         metric: ``"lncc"`` (default), ``"mse"``, ``"mi"``, ``"ngf"``, or the ANTs
             names ``"CC"``, ``"mattes"``, ``"meansquares"``.
         verbose: print a progress bar to stderr.
-        **kwargs: passed to :func:`itk_odereg.registration.driver.register`:
+        **kwargs: options of :class:`itk_odereg.registration.options.RegistrationOptions`:
             ``device``, ``iterations``, ``steps``, ``seed`` (ANTs' ``random_seed``
             too), ``resolution_mm``, ``nodeo``, ``affine_settings``.
 
@@ -155,7 +143,11 @@ def ants_registration(
         TypeError: unknown keyword arguments.
         RuntimeError: ``device="cuda"`` without a CUDA device.
     """
-    import SimpleITK as sitk
+    from .adapters import sitk as sitk_adapter
+    from .adapters.ants import ANTS_FILE_NAMES, write_registration
+    from .core.image import tensor_to_sitk
+    from .registration.engine import register_images
+    from .registration.options import RegistrationOptions
 
     caller = "ants_registration()"
     if type_of_transform not in TYPE_OF_TRANSFORM:
@@ -164,52 +156,36 @@ def ants_registration(
     metric_key = str(metric).lower()
     if metric_key not in ANTS_METRICS:
         raise ValueError(f'{caller}: invalid metric "{metric}". Must be one of {sorted(ANTS_METRICS)}')
-    options: dict = {}
+    values: dict = {}
     for key, value in kwargs.items():
         key = _ANTS_ALIASES.get(key, key)
         if key not in _REGISTER_KEYWORDS:
             raise TypeError(f"{caller}: unexpected keyword argument '{key}'. "
                             f"Accepted: {sorted(_REGISTER_KEYWORDS + tuple(_ANTS_ALIASES))}")
-        options[key] = value
-    affine_mode, deformable = TYPE_OF_TRANSFORM[type_of_transform]
-    if not deformable:
-        # No deformable stage: zero NODEO iterations leave the zero-initialized flow at identity.
-        options["iterations"] = (0,)
+        values[key] = str(value) if key == "device" and value is not None else value
+    affine_mode, method = TYPE_OF_TRANSFORM[type_of_transform]
+    options = RegistrationOptions.create(caller, metric=ANTS_METRICS[metric_key], affine=affine_mode, method=method,
+                                         **values)
 
     want_ants = is_ants_image(fixed) or is_ants_image(moving)
-    fixed_s = _as_sitk(fixed, "fixed", caller)
-    moving_s = _as_sitk(moving, "moving", caller)
+    fixed_in = _load(fixed, "fixed", caller)
+    moving_in = _load(moving, "moving", caller)
 
     prefix = _default_prefix() if outprefix is None else os.fspath(outprefix)
-    affine_path = prefix + "0GenericAffine.mat"
-    warp_path, inverse_path = prefix + "1Warp.nii.gz", prefix + "1InverseWarp.nii.gz"
-    outputs = [affine_path] + ([warp_path, inverse_path] if deformable else [])
-    check_not_inputs(outputs, [fixed, moving], caller)
-    directory = os.path.dirname(os.path.abspath(affine_path))
+    roles = ("affine", "warp", "inverse_warp") if method != "none" else ("affine",)
+    check_not_inputs([prefix + ANTS_FILE_NAMES[role] for role in roles], [fixed, moving], caller)
+    directory = os.path.dirname(os.path.abspath(prefix + "x"))
     if not os.path.isdir(directory):
         raise ValueError(f"{caller}: the directory of outprefix does not exist: '{directory}'")
 
-    result = register(fixed_s, moving_s, metric=ANTS_METRICS[metric_key], affine=affine_mode,
-                      progress=bool(verbose), **options)
-    A, t = result.affine_matrix, result.affine_translation
-    affine_tx = affine_matrix_to_sitk(A, t)
-    if deformable:
-        grid = result.fixed_grid
-        files = write_ants_transforms(
-            prefix,
-            (A, t),
-            displacement_field_image(result.deformable_field_mm, grid),
-            displacement_field_image(result.inverse_field_mm, grid),
-            inputs=[fixed, moving],
-        )
-        fwd, inv = files.fwdtransforms, files.invtransforms
-        warped_moving = sitk.Cast(result.warped, sitk.sitkFloat32)
-        warped_fixed = sitk.Resample(fixed_s, moving_s, result.inverse_transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    registration = register_images(fixed_in, moving_in, options, progress=bool(verbose), caller=caller)
+    paths = write_registration(registration, prefix, roles=roles, inputs=[fixed, moving], threads=1, caller=caller)
+    if method != "none":
+        fwd, inv = [paths["warp"], paths["affine"]], [paths["affine"], paths["inverse_warp"]]
     else:
-        write_transform(affine_path, affine_tx, inputs=[fixed, moving])
-        fwd, inv = [affine_path], [affine_path]
-        warped_moving = sitk.Resample(moving_s, fixed_s, affine_tx, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-        warped_fixed = sitk.Resample(fixed_s, moving_s, affine_tx.GetInverse(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+        fwd, inv = [paths["affine"]], [paths["affine"]]
+    warped_moving = sitk_adapter.image(registration.warp(moving_in.tensor, moving_in.grid), registration)
+    warped_fixed = tensor_to_sitk(registration.inverse_warp(fixed_in.tensor, fixed_in.grid).cpu(), moving_in.grid)
     return {
         "warpedmovout": _to_output(warped_moving, want_ants),
         "warpedfixout": _to_output(warped_fixed, want_ants),

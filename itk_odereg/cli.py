@@ -272,7 +272,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def register_outputs(prefix: str, qc: bool = False) -> dict[str, str]:
-    """The files ``itk-odereg register -o PREFIX`` writes, by role.
+    """The files ``itk-odereg register -o PREFIX`` writes, by role (:data:`itk_odereg.adapters.ants.ANTS_FILE_NAMES`).
 
     Args:
         prefix: output prefix (concatenated, as ANTs does).
@@ -282,19 +282,9 @@ def register_outputs(prefix: str, qc: bool = False) -> dict[str, str]:
         dict role -> path: ``warped``, ``inverse_warped``, ``affine``, ``warp``,
         ``inverse_warp``, ``composite``, ``inverse_composite``, ``jacobian`` [, ``qc``].
     """
-    names = {
-        "warped": "Warped.nii.gz",
-        "inverse_warped": "InverseWarped.nii.gz",
-        "affine": "0GenericAffine.mat",
-        "warp": "1Warp.nii.gz",
-        "inverse_warp": "1InverseWarp.nii.gz",
-        "composite": "Composite.h5",
-        "inverse_composite": "InverseComposite.h5",
-        "jacobian": "JacobianDeterminant.nii.gz",
-    }
-    if qc:
-        names["qc"] = "QC.png"
-    return {role: prefix + name for role, name in names.items()}
+    from .adapters.ants import ANTS_FILE_NAMES, ants_output_paths
+
+    return ants_output_paths(prefix, [role for role in ANTS_FILE_NAMES if qc or role != "qc"])
 
 
 def _check_prefix(prefix: str) -> None:
@@ -342,26 +332,46 @@ def _read_input(path: str, option: str) -> Any:
         raise CLIError(f"{option} could not be read as an image from '{path}': {_sitk_message(err)}") from None
 
 
+#: option keyword -> the command line flag that sets it, for error messages.
+_FLAGS = {"method": "--method", "model": "--model", "metric": "--metric", "affine": "--affine", "device": "--device",
+          "iterations": "--iterations", "steps": "--steps", "seed": "--seed", "resolution_mm": "--resolution"}
+
+
+def _cli_message(err: BaseException) -> str:
+    """An engine or options error in the command line's terms: flags and -f/-m instead of Python names."""
+    text = str(err).replace("register(): 'fixed'", "fixed image (-f)").replace("register(): 'moving'", "moving image (-m)")
+    for key, flag in _FLAGS.items():
+        text = text.replace(f"register(): '{key}'", flag).replace(f"register(): invalid {key}", f"invalid {flag}")
+    text = text.replace("register(): ", "")
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def _cmd_register(args: argparse.Namespace) -> int:
     import SimpleITK as sitk
 
+    from .adapters.ants import write_registration
+    from .core.image import load_image
     from .io_utils import check_not_inputs
-    from .registration.driver import register
-    from .transforms import displacement_field_image, write_ants_transforms, write_composite_h5
+    from .registration.engine import register_images
+    from .registration.options import RegistrationOptions
 
     _check_input_file(args.fixed, "fixed image (-f)")
     _check_input_file(args.moving, "moving image (-m)")
     _check_prefix(args.output)
     if args.iterations is not None and not 1 <= len(args.iterations) <= 3:
         raise CLIError(f"--iterations takes 1 to 3 values (coarse to fine), got {len(args.iterations)}")
-    if args.iterations is not None and any(n < 0 for n in args.iterations):
-        raise CLIError(f"--iterations must be non-negative, got {args.iterations}")
-    if args.steps < 1:
-        raise CLIError(f"--steps must be at least 1, got {args.steps}")
     if args.resolution != "auto" and args.resolution < 0:
         raise CLIError(f"--resolution must be positive (mm), 0 for the fixed grid or auto, got {args.resolution}")
     if args.threads is not None and args.threads < 1:
         raise CLIError(f"--threads must be at least 1, got {args.threads}")
+    try:
+        options = RegistrationOptions.create(
+            "register()", method=args.method, model=args.model, metric=args.metric,
+            affine=None if args.affine == "none" else args.affine, device=args.device,
+            iterations=tuple(args.iterations) if args.iterations else None, steps=args.steps, seed=args.seed,
+            resolution_mm=args.resolution if args.resolution == "auto" else (args.resolution or None))
+    except (ValueError, TypeError) as err:
+        raise CLIError(_cli_message(err)) from None
     outputs = register_outputs(args.output, args.qc)
     inputs = [args.fixed, args.moving]
     try:
@@ -375,95 +385,33 @@ def _cmd_register(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
     start = time.perf_counter()
-    # Read each input once: the engine gets the images, and the inverse-warped image
-    # and the QC figure reuse them instead of reading the files again.
-    fixed_img = _read_input(args.fixed, "fixed image (-f)")
-    moving_img = _read_input(args.moving, "moving image (-m)")
-    t_read = time.perf_counter() - start
+    # Each input is read once: the engine, the inverse-warped image and the QC figure share it.
     try:
-        result = register(
-            fixed_img, moving_img, method=args.method, model=args.model, metric=args.metric, affine=None if args.affine == "none" else args.affine,
-            device=args.device, iterations=tuple(args.iterations) if args.iterations else None, steps=args.steps,
-            seed=args.seed, progress=not args.quiet, resolution_mm=args.resolution if args.resolution == "auto" else (args.resolution or None),
-        )
+        fixed = load_image(_read_input(args.fixed, "fixed image (-f)"), "fixed", "register()")
+        moving = load_image(_read_input(args.moving, "moving image (-m)"), "moving", "register()")
+        t_read = time.perf_counter() - start
+        registration = register_images(fixed, moving, options, progress=not args.quiet)
     except (ValueError, TypeError) as err:
-        # Name the command line options instead of the Python arguments.
-        text = str(err).replace("register(): 'fixed'", "fixed image (-f)")
-        text = text.replace("register(): 'moving'", "moving image (-m)")
-        raise CLIError(text.splitlines()[0] if text else type(err).__name__) from err
+        raise CLIError(_cli_message(err)) from err
     t_write = time.perf_counter()
-    grid = result.fixed_grid
-    A, t = result.affine_matrix, result.affine_translation
-    warp_img = displacement_field_image(result.deformable_field_mm, grid)
-    inverse_warp_img = displacement_field_image(result.inverse_field_mm, grid)
-
-    def inverse_warped() -> None:
-        image = sitk.Resample(fixed_img, moving_img, result.inverse_transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-        _write_image(image, outputs["inverse_warped"], inputs)
-
-    def composites() -> None:
-        # One job for both: the HDF5 library behind ITK's .h5 writer is not thread-safe
-        # (two files created at once fail in H5Fcreate).
-        write_composite_h5(outputs["composite"], result.transform, inputs=inputs)
-        write_composite_h5(outputs["inverse_composite"], result.inverse_transform, inputs=inputs)
-
-    # Every file is written atomically by its own job; the jobs run on a few threads, so the
-    # gzip compression of one file (zlib releases the GIL) overlaps the others. Largest first.
-    jobs = [
-        lambda: write_ants_transforms(args.output, (A, t), warp_img, None, inputs=inputs),   # affine + warp
-        lambda: _write_image(inverse_warp_img, outputs["inverse_warp"], inputs),
-        lambda: _write_image(sitk.Cast(result.warped, sitk.sitkFloat32), outputs["warped"], inputs),
-        inverse_warped,
-        lambda: _write_image(sitk.Cast(result.jacobian_determinant, sitk.sitkFloat32), outputs["jacobian"], inputs),
-        composites,
-    ]
-    _run_jobs(jobs, args.threads)
-    if args.qc:
-        from .qc import qc_figure
-
-        qc_figure(fixed_img, moving_img, result.warped, result.jacobian_determinant, warp_img, outputs["qc"],
-                  moving_transform=(A, t), inputs=inputs)
-    timings = dict(result.timings)
-    timings["load"] = timings.get("load", 0.0) + t_read   # the files read here, then the engine's conversion
+    write_registration(registration, args.output, fixed=fixed, moving=moving, roles=tuple(outputs), inputs=inputs,
+                       threads=args.threads, caller=PROG)
+    timings = {"load": t_read, **registration.timings}
     timings["write"] = time.perf_counter() - t_write
     timings["total"] = time.perf_counter() - start
     if not args.quiet:
+        det = registration.jacobian_determinant
         out = sys.stdout
         out.write(f"{PROG} register: done in {timings['total']:.1f} s\n")
         out.write("  stage timings (s): " + ", ".join(
             f"{k} {v:.2f}" for k, v in timings.items() if k != "total") + "\n")
-        out.write(f"  affine determinant {result.affine_determinant:.4f}; det J of the warp in "
-                  f"[{_image_min_max(result.jacobian_determinant)}]; folding {result.folding_percent:.3f}% of voxels\n")
+        out.write(f"  affine determinant {registration.affine_determinant:.4f}; det J of the warp in "
+                  f"[{float(det.min()):.3f}, {float(det.max()):.3f}]; folding {registration.folding_percent:.3f}% of voxels\n")
         out.write("  wrote:\n")
         for path in outputs.values():
             out.write(f"    {path}\n")
         out.flush()
     return 0
-
-
-def _run_jobs(jobs: Sequence[Any], threads: Optional[int]) -> None:
-    """Run the write jobs on up to ``threads`` (default: the CPU count, at most 4) threads; re-raise the first error.
-
-    Every job still runs when another fails (each writes one complete file or none).
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    workers = max(1, min(4, threads or os.cpu_count() or 1, len(jobs)))
-    if workers == 1:
-        for job in jobs:
-            job()
-        return
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="itk-odereg-write") as pool:
-        futures = [pool.submit(job) for job in jobs]
-    for future in futures:
-        future.result()
-
-
-def _image_min_max(image: Any) -> str:
-    import SimpleITK as sitk
-
-    array = sitk.GetArrayViewFromImage(image)
-    return f"{float(array.min()):.3f}, {float(array.max()):.3f}"
 
 
 # ---------------------------------------------------------------------------- apply

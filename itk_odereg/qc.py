@@ -35,7 +35,7 @@ from .core.typing import PathLike
 from .io_utils import atomic_write
 from .transforms import displacement_field_from_image, physical_displacement_to_voxel
 
-__all__ = ["qc_figure", "slice_planes"]
+__all__ = ["qc_figure", "registration_qc_figure", "slice_planes"]
 
 _PLANE_OF_PHYSICAL_AXIS = {0: "sagittal", 1: "coronal", 2: "axial"}
 _PLANE_ORDER = ("axial", "coronal", "sagittal")
@@ -165,17 +165,60 @@ def qc_figure(
     Raises:
         ValueError / TypeError: unreadable or mismatched images, or ``path`` is one of the inputs.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.colors import TwoSlopeNorm
-    from matplotlib.figure import Figure
-
-    caller = "qc_figure()"
     protected = list(inputs) + [fixed, moving, warped, jacobian_determinant, displacement_field]
     fixed_a, grid = _scalar_on_grid(fixed, "fixed", None)
     warped_a, _ = _scalar_on_grid(warped, "warped", grid)
     jac_a, _ = _scalar_on_grid(jacobian_determinant, "jacobian_determinant", grid)
     moving_a = _moving_on_fixed(moving, grid, moving_transform)
     u_vox = _field_voxels(displacement_field, grid)
+
+    return _draw_figure(fixed_a, moving_a, warped_a, jac_a, u_vox, grid, os.fspath(path),
+                        moving_pre_aligned=moving_transform is not None, title=title,
+                        grid_spacing_voxels=grid_spacing_voxels, dpi=dpi, protected=protected)
+
+
+def registration_qc_figure(
+    registration: Any,
+    fixed: Any,
+    moving: Any,
+    warped: torch.Tensor,
+    path: PathLike,
+    *,
+    inputs: Sequence[Any] = (),
+    title: Optional[str] = None,
+    dpi: int = 110,
+) -> str:
+    """The figure of :func:`qc_figure`, straight from the engine's answer (no image conversions).
+
+    Args:
+        registration: a :class:`~itk_odereg.registration.result.Registration`.
+        fixed, moving: the images as loaded (:class:`~itk_odereg.core.image.LoadedImage`).
+        warped: ``registration.warp(moving.tensor, moving.grid)``.
+        path: output PNG path (its directory must exist).
+        inputs: paths that must not be overwritten.
+
+    Returns:
+        ``path`` as a str.
+    """
+    from .registration.result import sample_at_points
+
+    grid = registration.fixed_grid
+    A = torch.tensor(np.array(registration.affine_matrix))
+    t = torch.tensor(np.array(registration.affine_translation))
+    points = torch.as_tensor(grid.world_points().reshape(-1, grid.ndim))
+    pre_aligned = sample_at_points(moving.tensor.double(), moving.grid, points @ A.T + t, grid.shape)
+    return _draw_figure(
+        fixed.tensor[0, 0].double().numpy(), pre_aligned[0, 0].cpu().numpy(), warped[0, 0].double().cpu().numpy(),
+        registration.jacobian_determinant, registration.displacement[0].double().cpu().numpy(), grid,
+        os.fspath(path), moving_pre_aligned=True, title=title, grid_spacing_voxels=None, dpi=dpi,
+        protected=list(inputs))
+
+
+def _draw_figure(fixed_a, moving_a, warped_a, jac_a, u_vox, grid: ImageGrid, dest: str, *, moving_pre_aligned: bool,
+                 title, grid_spacing_voxels, dpi, protected) -> str:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import TwoSlopeNorm
+    from matplotlib.figure import Figure
 
     planes = slice_planes(grid)
     ncols = 5
@@ -187,7 +230,7 @@ def qc_figure(
     fig = Figure(figsize=(3.0 * ncols, 2.9 * len(planes) + 0.6))
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(planes), ncols, squeeze=False)
-    columns = ["fixed", "moving" + (" (pre-aligned)" if moving_transform is not None else ""), "warped",
+    columns = ["fixed", "moving" + (" (pre-aligned)" if moving_pre_aligned else ""), "warped",
                "det J (centred at 1)", "deformed grid"]
     windows = [_window(fixed_a), _window(moving_a), _window(warped_a)]
     for row, (plane, axis) in enumerate(planes):
@@ -228,6 +271,5 @@ def qc_figure(
     fig.suptitle(title or f"det J in [{jmin:.3f}, {jmax:.3f}], folding {folding:.3f}% of voxels", fontsize=11)
     fig.tight_layout()
 
-    dest = os.fspath(path)
-    atomic_write(dest, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi), inputs=protected, caller=caller)
+    atomic_write(dest, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi), inputs=protected, caller="qc_figure()")
     return dest

@@ -1,4 +1,4 @@
-"""Physical-space transforms in ITK's convention, and writing them for ITK, SimpleITK and ANTs.
+"""Physical-space transforms in ITK's convention, and writing them for ITK and SimpleITK (ANTs files: :mod:`itk_odereg.adapters.ants`).
 
 Conventions (``docs/methods.md`` section 3):
 
@@ -20,14 +20,14 @@ Conventions (``docs/methods.md`` section 3):
 from __future__ import annotations
 
 import os
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from .core.grid import ImageGrid
 from .core.typing import Array, ArrayLike, PathLike, TensorOrArray
-from .io_utils import atomic_write, check_not_inputs, write_image
+from .io_utils import atomic_write
 
 __all__ = [
     "voxel_displacement_to_physical",
@@ -44,17 +44,11 @@ __all__ = [
     "transform_to_dense_displacement",
     "sitk_composite",
     "itk_composite",
-    "AntsTransformFiles",
-    "ANTS_INVERSE_WHICHTOINVERT",
-    "write_ants_transforms",
+    "to_sitk_affine",
     "write_composite_h5",
     "write_transform",
 ]
 
-#: ``whichtoinvert`` to pass to ``ants.apply_transforms`` with
-#: :attr:`AntsTransformFiles.invtransforms` (``[affine, inverse warp]``): the
-#: affine ``.mat`` is inverted on the fly, the inverse warp is used as is.
-ANTS_INVERSE_WHICHTOINVERT = (True, False)
 
 
 # ---------------------------------------------------------------------------- voxel <-> physical
@@ -446,7 +440,9 @@ def transform_to_dense_displacement(transform: Any, grid: ImageGrid) -> Array:
     return sitk.GetArrayFromImage(f).astype(np.float64).reshape(grid.shape + (grid.ndim,))
 
 
-def _to_sitk_affine(affine: Any, d: int | None, caller: str) -> Any:
+def to_sitk_affine(affine: Any, d: int | None, caller: str) -> Any:
+    """``affine`` (a SimpleITK transform of any affine kind, an (A, t) pair, or None for the identity
+    of dimension ``d``) as a ``sitk.AffineTransform``; errors are labelled with ``caller``."""
     import SimpleITK as sitk
 
     if affine is None:
@@ -509,7 +505,7 @@ def sitk_composite(affine: Any, displacement: Any) -> Any:
     if isinstance(affine, sitk.Transform):
         aff = affine  # kept as it is (Euler, similarity, ...)
     else:
-        aff = _to_sitk_affine(affine, d, "sitk_composite()")
+        aff = to_sitk_affine(affine, d, "sitk_composite()")
     if aff.GetDimension() != d:
         raise ValueError(f"sitk_composite(): 'affine' is {aff.GetDimension()}D but 'displacement' is {d}D")
     return sitk.CompositeTransform([aff, warp])
@@ -541,131 +537,6 @@ def itk_composite(affine: Any, displacement: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------- writers
-
-
-class AntsTransformFiles(NamedTuple):
-    """Paths written by :func:`write_ants_transforms`, in ANTs' list orders.
-
-    Attributes:
-        fwdtransforms: ``[warp, affine]``: pass as ``transformlist`` to
-            ``ants.apply_transforms(fixed, moving, ...)`` (or ``-t warp -t
-            affine`` to ``antsApplyTransforms``) to bring the moving image onto
-            the fixed grid. In an ANTs list the first transform acts first on
-            fixed-space points: ``p -> A(W(p))``, the same map as ITK's
-            composite ``[affine, warp]`` (where the last added acts first).
-        invtransforms: ``[affine, inverse_warp]`` (None when no inverse warp was
-            written): pass with ``whichtoinvert=[True, False]``
-            (:data:`ANTS_INVERSE_WHICHTOINVERT`) to
-            ``ants.apply_transforms(moving, fixed, ...)`` to bring the fixed
-            image onto the moving grid: ``q -> W^-1(A^-1(q))``. antspyx only
-            guesses that ``whichtoinvert`` when the first path contains
-            ``".mat"`` and the second does not; pass it explicitly.
-        affine: the ``<prefix>0GenericAffine.mat`` path.
-        warp: the ``<prefix>1Warp.nii.gz`` path.
-        inverse_warp: the ``<prefix>1InverseWarp.nii.gz`` path, or None.
-    """
-
-    fwdtransforms: list[str]
-    invtransforms: list[str] | None
-    affine: str
-    warp: str
-    inverse_warp: str | None
-
-
-def _as_field_image(obj: Any, name: str, d: int | None, caller: str) -> Any:
-    import SimpleITK as sitk
-
-    if isinstance(obj, sitk.DisplacementFieldTransform):
-        obj = obj.GetDisplacementField()
-    if not isinstance(obj, sitk.Image):
-        raise TypeError(f"{caller}: '{name}' must be a SimpleITK vector image or DisplacementFieldTransform, got {type(obj).__name__}")
-    if 0 in obj.GetSize():
-        raise ValueError(f"{caller}: '{name}' is empty (was it passed to sitk.DisplacementFieldTransform, which empties it?)")
-    dim = obj.GetDimension()
-    if obj.GetNumberOfComponentsPerPixel() != dim or dim not in (2, 3):
-        raise ValueError(
-            f"{caller}: '{name}' must be a 2D/3D vector image with one component per dimension, got {dim}D with "
-            f"{obj.GetNumberOfComponentsPerPixel()} components"
-        )
-    if d is not None and dim != d:
-        raise ValueError(f"{caller}: '{name}' is {dim}D but the forward warp is {d}D")
-    return obj
-
-
-def write_ants_transforms(
-    prefix: PathLike,
-    affine: Any,
-    warp_field_image: Any,
-    inverse_warp_field_image: Any = None,
-    *,
-    inputs: Sequence[Any] = (),
-) -> AntsTransformFiles:
-    """Write a registration as ANTs writes it: ``<prefix>0GenericAffine.mat``, ``<prefix>1Warp.nii.gz`` [, ``<prefix>1InverseWarp.nii.gz``].
-
-    * ``0GenericAffine.mat``: ``sitk.WriteTransform`` of a ``sitk.AffineTransform``
-      (ITK MATLAB transform format, ``AffineTransform_double_3_3``), which ANTs
-      reads. Any affine SimpleITK transform is converted to AffineTransform.
-    * ``1Warp.nii.gz``: ``sitk.WriteImage`` of the vector displacement image:
-      a 5D NIfTI (X, Y, Z, 1, 3) with intent code 1007 (vector), components in
-      ITK LPS mm although the NIfTI header itself is RAS (ITK converts the
-      geometry, not the vectors), which is what ANTs reads and writes.
-    * ``1InverseWarp.nii.gz``: the inverse field, on the *fixed* grid as well
-      (ANTs' convention): it maps affinely aligned points back to fixed points.
-
-    Every file is written atomically (:func:`itk_odereg.io_utils.atomic_write`); the
-    ``.nii.gz`` files with zlib level 1 (:func:`itk_odereg.io_utils.write_image`).
-    All outputs are checked against ``inputs`` before anything is written.
-    The prefix is concatenated as ANTs does (``"out/sub01_"`` gives
-    ``out/sub01_0GenericAffine.mat``); its directory must exist.
-
-    Args:
-        prefix: output prefix (str or PathLike).
-        affine: affine SimpleITK transform (any kind), an (A, t) pair, or None
-            for identity; maps fixed-after-warp points to moving points.
-        warp_field_image: SimpleITK vector image (or DisplacementFieldTransform)
-            on the fixed grid: the forward physical displacement.
-        inverse_warp_field_image: optional SimpleITK vector image of the inverse displacement.
-        inputs: the caller's input paths (non-paths ignored); none of them may be overwritten.
-
-    Returns:
-        AntsTransformFiles with ``fwdtransforms = [warp, affine]`` and
-        ``invtransforms = [affine, inverse_warp]`` (or None).
-
-    Raises:
-        ValueError: if an output is one of ``inputs``, the directory is missing,
-            or a field image is malformed or empty.
-        TypeError: on wrong argument types.
-    """
-    import SimpleITK as sitk
-
-    caller = "write_ants_transforms()"
-    pre = os.fspath(prefix)
-    warp_img = _as_field_image(warp_field_image, "warp_field_image", None, caller)
-    d = warp_img.GetDimension()
-    inv_img = None
-    if inverse_warp_field_image is not None:
-        inv_img = _as_field_image(inverse_warp_field_image, "inverse_warp_field_image", d, caller)
-    aff = _to_sitk_affine(affine, d, caller)
-    if aff.GetDimension() != d:
-        raise ValueError(f"{caller}: 'affine' is {aff.GetDimension()}D but the warp is {d}D")
-
-    affine_path = pre + "0GenericAffine.mat"
-    warp_path = pre + "1Warp.nii.gz"
-    inv_path = pre + "1InverseWarp.nii.gz" if inv_img is not None else None
-    outputs = [p for p in (affine_path, warp_path, inv_path) if p is not None]
-    check_not_inputs(outputs, inputs, caller)
-
-    atomic_write(affine_path, lambda tmp: sitk.WriteTransform(aff, tmp), inputs=inputs, caller=caller)
-    write_image(warp_img, warp_path, inputs=inputs, caller=caller)
-    if inv_path is not None:
-        write_image(inv_img, inv_path, inputs=inputs, caller=caller)
-    return AntsTransformFiles(
-        fwdtransforms=[warp_path, affine_path],
-        invtransforms=[affine_path, inv_path] if inv_path is not None else None,
-        affine=affine_path,
-        warp=warp_path,
-        inverse_warp=inv_path,
-    )
 
 
 def write_transform(path: PathLike, transform: Any, *, inputs: Sequence[Any] = ()) -> str:

@@ -294,3 +294,36 @@ def test_immutable_hashable_picklable():
     a = ImageGrid((2, 3), 1.0, (0.0, -0.0), [[-1.0, 0.0], [-0.0, 1.0]])
     b = ImageGrid((2, 3), 1.0, (0.0, 0.0), [[-1.0, 0.0], [0.0, 1.0]])
     assert a == b and hash(a) == hash(b)
+
+
+# ---------------------------------------------------------------------------- corner-aligned levels
+
+
+def test_corner_aligned_level_is_the_one_formula_of_derived_grids():
+    from itk_odereg.core.grid import corner_aligned_level
+
+    # pyramid level: ceil((n - 1) / f) + 1 voxels, at least 2, singleton axes stay
+    assert corner_aligned_level((81, 96, 1), (2.0, 2.0, 3.0), factor=2.0) == ((41, 49, 1), (4.0, 95 * 2.0 / 48, 3.0))
+    # the factor is applied to voxel counts, not to mm: 9 * 0.7 / (0.7 * 1.5) is 6.000000000000001 in floating
+    # point, which would round up to 8 voxels instead of 7
+    assert corner_aligned_level((10,), (0.7,), factor=1.5)[0] == (7,)
+    # NODEO control grid: a target spacing, at least 3 nodes, a singleton axis too
+    assert corner_aligned_level((81, 1), (2.0, 2.0), target_spacing_mm=6.0, min_size=3,
+                                keep_singleton_axes=False) == ((28, 3), (160 / 27, 6.0))
+    # the MS-ODENet model grid: rounded to the nearest (as the shipped models were trained), at least 8
+    assert corner_aligned_level((97, 9), (1.0, 1.0), target_spacing_mm=2.0, rounding="round", min_size=8)[0] == (49, 8)
+    with pytest.raises(ValueError, match="exactly one of"):
+        corner_aligned_level((5,), (1.0,))
+    with pytest.raises(ValueError, match="'rounding' must be"):
+        corner_aligned_level((5,), (1.0,), factor=2.0, rounding="floor")
+
+
+def test_image_grid_corner_aligned_keeps_the_outer_voxel_centres():
+    direction = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    grid = ImageGrid((81, 60, 33), (1.0, 1.5, 3.0), (10.0, -5.0, 2.0), direction)
+    coarse = grid.corner_aligned(2.5)
+    assert coarse.size == (33, 25, 14)
+    for corner in ((0, 0, 0), (80, 59, 32)):
+        fine_point = grid.origin + direction @ (np.asarray(corner) * grid.spacing)
+        coarse_index = np.asarray([0, 0, 0]) if corner == (0, 0, 0) else np.asarray(coarse.size) - 1
+        np.testing.assert_allclose(coarse.origin + direction @ (coarse_index * coarse.spacing), fine_point, atol=1e-9)

@@ -13,7 +13,7 @@ import SimpleITK as sitk
 import torch
 
 from itk_odereg import ops
-from itk_odereg.ode.velocity import gaussian_smooth
+from itk_odereg.core.separable import gaussian_smooth
 from itk_odereg.registration.affine import AffineSettings
 from itk_odereg.registration.driver import register
 from itk_odereg.registration.nodeo import NODEOSettings

@@ -20,8 +20,8 @@ from scipy.ndimage import map_coordinates
 from itk_odereg.core import ImageGrid
 from itk_odereg.io_utils import atomic_write, split_extension
 from itk_odereg.ops import warp
+from itk_odereg.adapters.ants import ANTS_INVERSE_WHICHTOINVERT, write_ants_transforms
 from itk_odereg.transforms import (
-    ANTS_INVERSE_WHICHTOINVERT,
     affine_from_transform,
     affine_matrix_to_itk,
     affine_matrix_to_sitk,
@@ -36,7 +36,6 @@ from itk_odereg.transforms import (
     sitk_displacement_transform,
     transform_to_dense_displacement,
     voxel_displacement_to_physical,
-    write_ants_transforms,
     write_composite_h5,
     write_transform,
 )

@@ -1,4 +1,4 @@
-"""ITK and SimpleITK front ends of :func:`itk_odereg.registration.driver.register`.
+"""ITK and SimpleITK front ends of the registration engine (:mod:`itk_odereg.registration.engine`).
 
 Three ways into the same engine, each in the idiom of its toolkit:
 
@@ -27,167 +27,53 @@ import sys
 import weakref
 from typing import Any, Optional, Sequence
 
-from ..registration.affine import AffineSettings
-from ..registration.driver import AFFINE_MODES, METRICS, RegistrationResult, register
-from ..registration.nodeo import NODEOSettings
+from ..adapters.result import RegistrationResult
+from ..core.image import load_image
+from ..registration.driver import register_loaded
+from ..registration.options import OPTIONS, Option, RegistrationOptions
 
 __all__ = ["ODERegistrationFilter", "ode_registration_filter", "ODERegistrationMethod"]
 
-# Keyword (snake_case) name of every parameter, its ITK/SimpleITK name and default.
-_PARAMETERS: dict[str, tuple[str, Any]] = {
-    "method": ("Method", "nodeo"),
-    "model": ("Model", "bspline"),
-    "metric": ("Metric", "lncc"),
-    "affine": ("Affine", "affine"),
-    "device": ("Device", "cpu"),
-    "iterations": ("Iterations", None),
-    "steps": ("Steps", 4),
-    "seed": ("Seed", 0),
-    "resolution_mm": ("ResolutionMM", "auto"),
-    "progress": ("Progress", False),
-    "nodeo_settings": ("NODEOSettings", None),
-    "affine_settings": ("AffineSettings", None),
-}
+#: The front ends' parameters: every registration option (:data:`OPTIONS`), plus the progress bar.
+_PARAMETERS: tuple[Option, ...] = OPTIONS + (
+    Option("progress", "Progress", False, lambda value, caller: bool(value),
+           "print a progress bar to stderr while registering", boolean=True),
+)
+_BY_KEY = {option.key: option for option in _PARAMETERS}
 # Other spellings accepted by New(**kw) / ode_registration_filter(**kw) / the constructors.
-_ALIASES = {camel: key for key, (camel, _) in _PARAMETERS.items()}
-_ALIASES.update({"NumberOfIterations": "iterations", "number_of_iterations": "iterations", "nodeo": "nodeo_settings",
+_ALIASES = {option.itk_name: option.key for option in _PARAMETERS}
+_ALIASES.update({"NumberOfIterations": "iterations", "number_of_iterations": "iterations", "nodeo_settings": "nodeo",
                  "ProgressBar": "progress", "progress_bar": "progress"})
 
 
-# ---------------------------------------------------------------------------- parameter checks
-
-
-def _check_metric(value: Any, caller: str) -> str:
-    if value not in METRICS:
-        raise ValueError(f'{caller}: invalid metric "{value}". Must be one of {list(METRICS)}')
-    return str(value)
-
-
-def _check_method(value: Any, caller: str) -> str:
-    from ..registration.driver import METHODS
-
-    if value not in METHODS:
-        raise ValueError(f'{caller}: invalid method "{value}". Must be one of {list(METHODS)}')
-    return str(value)
-
-
-def _check_model(value: Any, caller: str) -> str:
-    from ..msodenet.pretrained import MODELS, is_model_name
-
-    value = str(value)
-    if not is_model_name(value):
-        raise ValueError(f'{caller}: invalid model "{value}". Must be one of {list(MODELS)} or a .pt model file '
-                         "written by `itk-odereg train`")
-    return value
-
-
-def _check_affine(value: Any, caller: str) -> Optional[str]:
-    if isinstance(value, str) and value.lower() == "none":
-        value = None
-    if value is False:
-        value = None
-    if value not in AFFINE_MODES:
-        raise ValueError(f'{caller}: invalid affine "{value}". Must be one of {list(AFFINE_MODES)} (or "none")')
-    return value
-
-
-def _check_device(value: Any, caller: str) -> str:
-    text = str(value)
-    if not (text == "cpu" or text == "cuda" or text.startswith("cuda:")):
-        raise ValueError(f"{caller}: 'device' must be 'cpu', 'cuda' or 'cuda:N', got {value!r}")
-    return text
-
-
-def _check_iterations(value: Any, caller: str) -> Optional[tuple[int, ...]]:
-    if value is None:
-        return None
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = (value,)
-    try:
-        out = tuple(int(v) for v in value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{caller}: 'iterations' must be a sequence of integers (one per pyramid level, coarse to fine), "
-                        f"got {value!r}") from None
-    if not out or any(v < 0 for v in out) or any(int(v) != v for v in value):
-        raise ValueError(f"{caller}: 'iterations' must be non-negative integers, one per pyramid level "
-                         f"(coarse to fine, at most 3 with the default levels), got {value!r}")
-    return out
-
-
-def _check_positive_int(value: Any, name: str, caller: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{caller}: '{name}' must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def _check_seed(value: Any, caller: str) -> Optional[int]:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{caller}: 'seed' must be an integer or None, got {value!r}")
-    return int(value)
-
-
-def _check_resolution(value: Any, caller: str):
-    if value is None or value == "auto":
-        return value
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{caller}: 'resolution_mm' must be a number (mm), 'auto' or None, got {value!r}") from None
-    if not out > 0:
-        raise ValueError(f"{caller}: 'resolution_mm' must be positive (mm), 'auto' or None, got {value!r}")
-    return out
-
-
-def _check_instance(value: Any, cls: type, name: str, caller: str) -> Any:
-    if value is not None and not isinstance(value, cls):
-        raise TypeError(f"{caller}: '{name}' must be a {cls.__name__} or None, got {type(value).__name__}")
-    return value
-
-
-_CHECKS = {
-    "method": _check_method,
-    "model": _check_model,
-    "metric": _check_metric,
-    "affine": _check_affine,
-    "device": _check_device,
-    "iterations": _check_iterations,
-    "steps": lambda v, c: _check_positive_int(v, "steps", c),
-    "seed": _check_seed,
-    "resolution_mm": _check_resolution,
-    "progress": lambda v, c: bool(v),
-    "nodeo_settings": lambda v, c: _check_instance(v, NODEOSettings, "nodeo_settings", c),
-    "affine_settings": lambda v, c: _check_instance(v, AffineSettings, "affine_settings", c),
-}
-
-
 def _canonical_key(name: str, caller: str) -> str:
-    if name in _PARAMETERS:
+    if name in _BY_KEY:
         return name
     if name in _ALIASES:
         return _ALIASES[name]
-    allowed = sorted(set(_PARAMETERS) | set(_ALIASES))
+    allowed = sorted(set(_BY_KEY) | set(_ALIASES))
     raise TypeError(f"{caller}: unknown parameter '{name}'. Must be one of {allowed}")
 
 
 class _Parameters:
-    """``SetX``/``GetX`` (and ``ProgressOn``/``ProgressOff``) shared by both front ends.
+    """``SetX``/``GetX`` (and ``XOn``/``XOff`` for booleans), generated from the options schema.
 
-    Subclasses set ``self._params`` to a dict of the keys of ``_PARAMETERS`` and
-    may override :meth:`_modified` (the ITK filter marks itself modified).
+    Subclasses set ``self._params`` to a dict of the parameter keys and may override
+    :meth:`_modified` (the ITK filter marks itself modified). Every value is checked by its
+    option's check when it is set, with the setter's name in the message.
     """
 
     _params: dict
 
     def _init_parameters(self, kwargs: dict, caller: str) -> None:
-        self._params = {key: default for key, (_, default) in _PARAMETERS.items()}
+        self._params = {option.key: option.default for option in _PARAMETERS}
         for name, value in kwargs.items():
             self._set(_canonical_key(name, caller), value, caller)
 
     def _set(self, key: str, value: Any, caller: str | None = None) -> None:
-        caller = caller or f"{type(self).__name__}.Set{_PARAMETERS[key][0]}()"
-        value = _CHECKS[key](value, caller)
+        option = _BY_KEY[key]
+        caller = caller or f"{type(self).__name__}.Set{option.itk_name}()"
+        value = option.check(value, caller)
         if self._params.get(key, object()) != value or key not in self._params:
             self._params[key] = value
             self._modified()
@@ -195,144 +81,43 @@ class _Parameters:
     def _modified(self) -> None:
         pass
 
-    def _register_kwargs(self) -> dict:
-        p = self._params
-        return dict(
-            method=p["method"], model=p["model"], metric=p["metric"], affine=p["affine"], device=p["device"], iterations=p["iterations"],
-            steps=p["steps"], seed=p["seed"], resolution_mm=p["resolution_mm"], progress=p["progress"],
-            nodeo=p["nodeo_settings"], affine_settings=p["affine_settings"],
-        )
+    def _options(self, caller: str) -> RegistrationOptions:
+        return RegistrationOptions.create(caller, **{k: v for k, v in self._params.items() if k != "progress"})
 
     def _settings_lines(self) -> list[str]:
-        return [f"{camel}: {self._params[key]!r}" for key, (camel, _) in _PARAMETERS.items()]
+        return [f"{option.itk_name}: {self._params[option.key]!r}" for option in _PARAMETERS]
 
-    # -- method
-    def SetMethod(self, method: str) -> None:
-        """Deformable stage: ``"nodeo"`` (default), ``"msodenet"`` (a trained MS-ODENet model,
-        see :meth:`SetModel`; 3D) or ``"msodenet+nodeo"`` (MS-ODENet, then NODEO refines)."""
-        self._set("method", method)
 
-    def GetMethod(self) -> str:
-        """The deformable method."""
-        return self._params["method"]
+def _add_accessors(cls: type, options: Sequence[Option]) -> None:
+    """``Set<Name>``/``Get<Name>`` (and ``<Name>On``/``<Name>Off``) for every option, as ITK's itkSetMacro does."""
+    for option in options:
+        def setter(self, value, _key=option.key):
+            self._set(_key, value)
 
-    # -- model
-    def SetModel(self, model: str) -> None:
-        """MS-ODENet model of the msodenet methods: a ``.pt`` file from ``itk-odereg train``
-        (or ``RIGID.pt+DEFORMABLE.pt``), or a shipped name: ``bspline`` (default), ``rigid+bspline``, ``rigid``."""
-        self._set("model", model)
+        def getter(self, _key=option.key):
+            return self._params[_key]
 
-    def GetModel(self) -> str:
-        """The MS-ODENet model."""
-        return self._params["model"]
+        setter.__name__, getter.__name__ = f"Set{option.itk_name}", f"Get{option.itk_name}"
+        setter.__doc__ = f"{option.help[0].upper()}{option.help[1:]} (default {option.default!r})."
+        getter.__doc__ = f"The value set by ``Set{option.itk_name}``: {option.help}."
+        setattr(cls, setter.__name__, setter)
+        setattr(cls, getter.__name__, getter)
+        if option.boolean:
+            def on(self, _key=option.key):
+                self._set(_key, True)
 
-    # -- metric
-    def SetMetric(self, metric: str) -> None:
-        """Similarity metric: ``"lncc"`` (default, same contrast), ``"mse"``, ``"mi"`` (Mattes MI) or ``"ngf"``."""
-        self._set("metric", metric)
+            def off(self, _key=option.key):
+                self._set(_key, False)
 
-    def GetMetric(self) -> str:
-        """The similarity metric name."""
-        return self._params["metric"]
+            on.__name__, off.__name__ = f"{option.itk_name}On", f"{option.itk_name}Off"
+            on.__doc__, off.__doc__ = f"Same as ``Set{option.itk_name}(True)``.", f"Same as ``Set{option.itk_name}(False)``."
+            setattr(cls, on.__name__, on)
+            setattr(cls, off.__name__, off)
 
-    # -- affine
-    def SetAffine(self, affine: Optional[str]) -> None:
-        """Pre-alignment: ``"affine"`` (centres, rigid, affine; default), ``"rigid"``, or None / ``"none"``."""
-        self._set("affine", affine)
 
-    def GetAffine(self) -> Optional[str]:
-        """``"affine"``, ``"rigid"`` or None."""
-        return self._params["affine"]
-
-    # -- device
-    def SetDevice(self, device: str) -> None:
-        """Torch device: ``"cpu"`` (default) or ``"cuda"`` / ``"cuda:N"`` (checked when the registration runs)."""
-        self._set("device", device)
-
-    def GetDevice(self) -> str:
-        """The torch device string."""
-        return self._params["device"]
-
-    # -- iterations
-    def SetIterations(self, iterations: Optional[Sequence[int]]) -> None:
-        """NODEO iterations per pyramid level, coarse to fine; the last ``len`` levels of (4x, 2x, 1x) are used.
-
-        None restores the default (150, 100, 50).
-        """
-        self._set("iterations", iterations)
-
-    def GetIterations(self) -> Optional[tuple[int, ...]]:
-        """Iterations per level (None: the engine's default)."""
-        return self._params["iterations"]
-
-    SetNumberOfIterations = SetIterations
-    GetNumberOfIterations = GetIterations
-
-    # -- steps
-    def SetSteps(self, steps: int) -> None:
-        """Euler steps on t in [0, 1] while NODEO optimizes (default 4; the returned map integrates the flow with at least 4)."""
-        self._set("steps", steps)
-
-    def GetSteps(self) -> int:
-        """ODE solver steps."""
-        return self._params["steps"]
-
-    # -- seed
-    def SetSeed(self, seed: Optional[int]) -> None:
-        """Random seed of torch (default 0; None: not seeded)."""
-        self._set("seed", seed)
-
-    def GetSeed(self) -> Optional[int]:
-        """The random seed."""
-        return self._params["seed"]
-
-    # -- resolution
-    def SetResolutionMM(self, resolution_mm: Optional[float]) -> None:
-        """Spacing in mm of the grid NODEO works on (default "auto": the fixed image's own grid, or
-        1 mm for images finer than 1 mm; None: always the fixed image's own grid).
-
-        Results are always on the fixed grid.
-        """
-        self._set("resolution_mm", resolution_mm)
-
-    def GetResolutionMM(self) -> Optional[float]:
-        """The working resolution in mm, "auto" or None (the fixed grid)."""
-        return self._params["resolution_mm"]
-
-    # -- progress
-    def SetProgress(self, progress: bool) -> None:
-        """Print a progress bar to stderr while registering."""
-        self._set("progress", progress)
-
-    def GetProgress(self) -> bool:
-        """Whether a progress bar is printed."""
-        return self._params["progress"]
-
-    def ProgressOn(self) -> None:
-        """Same as ``SetProgress(True)``."""
-        self.SetProgress(True)
-
-    def ProgressOff(self) -> None:
-        """Same as ``SetProgress(False)``."""
-        self.SetProgress(False)
-
-    # -- full settings objects
-    def SetNODEOSettings(self, settings: Optional[NODEOSettings]) -> None:
-        """Full :class:`~itk_odereg.registration.nodeo.NODEOSettings` (its metric, steps and seed
-        replace ``Metric``/``Steps``/``Seed`` for the deformable stage; ``Iterations`` still applies)."""
-        self._set("nodeo_settings", settings)
-
-    def GetNODEOSettings(self) -> Optional[NODEOSettings]:
-        """The NODEO settings object, or None."""
-        return self._params["nodeo_settings"]
-
-    def SetAffineSettings(self, settings: Optional[AffineSettings]) -> None:
-        """Full :class:`~itk_odereg.registration.affine.AffineSettings` of the pre-alignment."""
-        self._set("affine_settings", settings)
-
-    def GetAffineSettings(self) -> Optional[AffineSettings]:
-        """The affine settings object, or None."""
-        return self._params["affine_settings"]
+_add_accessors(_Parameters, _PARAMETERS)
+_Parameters.SetNumberOfIterations = _Parameters.SetIterations
+_Parameters.GetNumberOfIterations = _Parameters.GetIterations
 
 
 # ---------------------------------------------------------------------------- ITK filter
@@ -439,7 +224,10 @@ class _GenerateData:
             if fixed is None or moving is None:
                 raise ValueError(f"{state.name}: set both images first (SetFixedImage and SetMovingImage)")
             state.result = None
-            result = register(fixed, moving, **_registration_kwargs(state.params, py_filter))
+            caller = f"{state.name}.Update()"
+            options = RegistrationOptions.create(caller, **{k: v for k, v in state.params.items() if k != "progress"})
+            result = register_loaded(load_image(fixed, "fixed", caller), load_image(moving, "moving", caller), options,
+                                     progress=_progress_callback(state.params, options, py_filter), caller=caller)
             output = py_filter.GetOutput()
             output.SetBufferedRegion(output.GetLargestPossibleRegion())
             output.Allocate()
@@ -454,36 +242,28 @@ class _GenerateData:
             raise
 
 
-def _expected_iterations(params: dict) -> int:
+def _expected_iterations(options: RegistrationOptions) -> int:
     """Iterations the engine will report (affine stages + NODEO levels), for ITK's progress fraction."""
     total = 0
-    if params["affine"] is not None:
-        settings = params["affine_settings"] or AffineSettings()
-        stages = ("rigid",) if params["affine"] == "rigid" else tuple(settings.stages)
-        total += sum(settings.rigid_iterations) if "rigid" in stages else 0
-        total += sum(settings.affine_iterations) if "affine" in stages else 0
-    nodeo = params["nodeo_settings"] or NODEOSettings()
-    total += sum(params["iterations"] if params["iterations"] is not None else nodeo.iterations)
+    if options.affine is not None:
+        settings = options.affine_stage_settings()
+        total += sum(settings.rigid_iterations) if "rigid" in settings.stages else 0
+        total += sum(settings.affine_iterations) if "affine" in settings.stages else 0
+    if options.method != "none":
+        total += sum(options.nodeo_settings().iterations)
     return max(total, 1)
 
 
-def _registration_kwargs(params: dict, py_filter: Any) -> dict:
-    p = params
-    progress: Any = p["progress"]
-    if not progress:
-        # ITK ProgressEvent observers (e.g. itk.auto_progress) see every iteration;
-        # 1.0 is reported once the output is filled.
-        total, seen = _expected_iterations(p), [0]
+def _progress_callback(params: dict, options: RegistrationOptions, py_filter: Any) -> Any:
+    """The progress bar when asked for; otherwise ITK ProgressEvents (e.g. for itk.auto_progress) per iteration."""
+    if params["progress"]:
+        return True
+    total, seen = _expected_iterations(options), [0]
 
-        def progress(record: dict) -> None:  # noqa: F811
-            seen[0] += 1
-            py_filter.UpdateProgress(min(0.999, seen[0] / total))
-    return dict(
-        method=p["method"], model=p["model"], metric=p["metric"], affine=p["affine"], device=p["device"],
-        iterations=p["iterations"], steps=p["steps"], seed=p["seed"], resolution_mm=p["resolution_mm"],
-        progress=progress,
-        nodeo=p["nodeo_settings"], affine_settings=p["affine_settings"],
-    )
+    def progress(record: dict) -> None:
+        seen[0] += 1
+        py_filter.UpdateProgress(min(0.999, seen[0] / total))
+    return progress
 
 
 class ODERegistrationFilter(_Parameters):
@@ -753,8 +533,8 @@ class ODERegistrationFilter(_Parameters):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(dimension={self._dimension}, " + ", ".join(
-            f"{'ProgressBar' if key == 'progress' else camel}={self._params[key]!r}"
-            for key, (camel, _) in _PARAMETERS.items()
+            f"{'ProgressBar' if option.key == 'progress' else option.itk_name}={self._params[option.key]!r}"
+            for option in _PARAMETERS
         ) + ")"
 
     def __str__(self) -> str:
@@ -777,7 +557,8 @@ def ode_registration_filter(fixed: Any, moving: Any, **parameters: Any) -> tuple
         moving: scalar ``itk.Image`` on any grid.
         **parameters: snake_case parameters: ``metric``, ``affine``, ``device``,
             ``iterations``, ``steps``, ``seed``, ``resolution_mm``, ``progress``,
-            ``nodeo_settings``, ``affine_settings`` (ITK names are accepted too).
+            ``nodeo`` (or ``nodeo_settings``), ``affine_settings``, ``method``, ``model`` (ITK names are
+            accepted too; :data:`itk_odereg.registration.options.OPTIONS`).
 
     Returns:
         ``(warped, transform)``: the moving image on the fixed grid
@@ -848,7 +629,9 @@ class ODERegistrationMethod(_Parameters):
                 raise TypeError(f"{caller}: '{name}' must be a SimpleITK.Image or a file path, "
                                 f"got {type(image).__module__}.{type(image).__name__}{hint}")
         self._result = None
-        self._result = register(fixed, moving, **self._register_kwargs())
+        options = self._options(caller)
+        self._result = register_loaded(load_image(fixed, "fixed", caller), load_image(moving, "moving", caller),
+                                       options, progress=self._params["progress"], caller=caller)
         return self._result.transform
 
     def _require(self, what: str) -> RegistrationResult:
@@ -893,7 +676,7 @@ class ODERegistrationMethod(_Parameters):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(" + ", ".join(
-            f"{key}={self._params[key]!r}" for key in _PARAMETERS
+            f"{option.key}={self._params[option.key]!r}" for option in _PARAMETERS
         ) + ")"
 
     def __str__(self) -> str:

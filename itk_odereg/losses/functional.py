@@ -32,6 +32,8 @@ from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
+from ..core.intensity import robust_range
+
 from ..ops.box import box_sum_
 
 __all__ = ["lncc_loss", "mse_loss", "mutual_information_loss", "ngf_loss", "box_sum"]
@@ -534,31 +536,6 @@ def _check_range(rng, name: str, op: str):
     return float(rng[0]), float(rng[1])
 
 
-def _robust_range(x: torch.Tensor, percentiles: Tuple[float, float]) -> Tuple[float, float]:
-    """Intensity range of the 1-D tensor ``x`` from two percentiles (0 and 100: exact min and max).
-
-    Other percentiles are nearest-rank order statistics of at most 2^16 evenly
-    strided samples of ``x`` (``kthvalue``, linear time).
-    """
-    lo_p, hi_p = percentiles
-    x = x.detach()
-    if lo_p == 0.0 and hi_p == 100.0:
-        lo, hi = torch.aminmax(x)
-        return float(lo), float(hi)
-    stride = max(1, -(-x.numel() // (1 << 16)))
-    sub = x[::stride]
-    last = sub.numel() - 1
-
-    def order_stat(p: float) -> float:
-        if p == 0.0:
-            return float(sub.min())
-        if p == 100.0:
-            return float(sub.max())
-        return float(sub.kthvalue(int(round(p / 100.0 * last)) + 1).values)
-
-    return order_stat(lo_p), order_stat(hi_p)
-
-
 def _normalize(x: torch.Tensor, rng: Tuple[float, float]) -> torch.Tensor:
     lo, hi = rng
     if not hi > lo:  # constant image: everything in the first intensity bin
@@ -682,8 +659,8 @@ def mutual_information_loss(
             m_i = m_i.index_select(1, idx)
         for c in range(n_chan):
             fs, ms = f_i[c], m_i[c]
-            rf = fixed_range if fixed_range is not None else _robust_range(fs, percentiles)
-            rm = moving_range if moving_range is not None else _robust_range(ms, percentiles)
+            rf = fixed_range if fixed_range is not None else robust_range(fs, percentiles)
+            rm = moving_range if moving_range is not None else robust_range(ms, percentiles)
             hist = _ParzenJointHistogram.apply(_normalize(fs, rf), _normalize(ms, rm), bins)
             p = hist / fs.shape[0]
             h_fm = -_xlogx(p).sum()

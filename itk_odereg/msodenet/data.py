@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from ..ode.velocity import gaussian_smooth
+from ..core.separable import gaussian_smooth
 
 __all__ = ["find_label_maps", "prepare_label_maps", "random_contrast_image"]
 

@@ -16,6 +16,7 @@ from typing import Sequence
 
 import torch
 
+from ..core.grid import corner_aligned_level
 from ..ode.flow import invert_displacement
 from .model import CascadeODENet, MSODENet, rescale_displacement, resize
 from .train import load_model
@@ -90,8 +91,11 @@ class MSODENetResult:
 
 
 def model_grid_shape(shape: Sequence[int], spacing_mm: Sequence[float], resolution_mm: float) -> list[int]:
-    """Corner-aligned grid over the same box with about ``resolution_mm`` spacing."""
-    return [max(8, int(round((s - 1) * h / resolution_mm)) + 1) for s, h in zip(shape, spacing_mm)]
+    """Corner-aligned grid over the same box with about ``resolution_mm`` spacing (rounded, as the
+    shipped models were trained; at least 8 voxels per axis)."""
+    size, _ = corner_aligned_level(shape, spacing_mm, target_spacing_mm=resolution_mm, rounding="round", min_size=8,
+                                   keep_singleton_axes=False)
+    return list(size)
 
 
 @torch.no_grad()

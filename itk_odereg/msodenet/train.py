@@ -118,10 +118,10 @@ def train(label_maps: str | Path, output: str | Path, settings: TrainSettings | 
     Checkpoints go to ``<output>.ckpt``; a run with ``resume`` continues from it.
     A JSON-lines log of the losses goes to ``<output>.log.jsonl``.
     """
-    from ..registration.driver import _resolve_device
+    from ..core.device import resolve_device
 
     settings = settings or TrainSettings()
-    device = _resolve_device(settings.device, "train()")
+    device = resolve_device(settings.device, "train()")
     output = Path(output)
     if settings.threads:
         torch.set_num_threads(settings.threads)

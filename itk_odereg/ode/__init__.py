@@ -2,6 +2,6 @@
 from __future__ import annotations
 
 from .flow import SOLVERS, NeuralODEFlow, invert_displacement
-from .velocity import VelocityNetwork, gaussian_smooth
+from .velocity import VelocityNetwork
 
-__all__ = ["VelocityNetwork", "NeuralODEFlow", "invert_displacement", "gaussian_smooth", "SOLVERS"]
+__all__ = ["VelocityNetwork", "NeuralODEFlow", "invert_displacement", "SOLVERS"]

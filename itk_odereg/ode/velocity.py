@@ -13,9 +13,9 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from ..core.separable import apply_separable, compose, gaussian_matrices, gaussian_smooth, resampling_matrices
+from ..core.separable import apply_separable, compose, gaussian_matrices, resampling_matrices
 
-__all__ = ["VelocityNetwork", "gaussian_smooth"]
+__all__ = ["VelocityNetwork"]
 
 
 class VelocityNetwork(nn.Module):

@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 
 from ..losses import make_metric
-from ..ode.velocity import gaussian_smooth
+from ..core.separable import gaussian_smooth
 from .adam import Adam
-from .convergence import converged
+from .convergence import record_iteration
 from .pyramid import downsample_image, pyramid_level
 
 __all__ = ["AffineSettings", "AffineResult", "affine_register", "center_of_mass"]
@@ -215,14 +215,8 @@ def affine_register(
                 optimizer.step()
                 record = {"stage": stage, "level_spacing_mm": level.spacing_mm, "iteration": iteration,
                           "iterations": n_iter, "loss": float(loss.detach())}
-                history.append(record)
-                level_losses.append(record["loss"])
-                stop = converged(level_losses, settings.convergence_window, settings.convergence_threshold)
-                if stop:
-                    record["converged"] = True
-                if progress is not None:
-                    progress(record)
-                if stop:
+                if record_iteration(record, history, level_losses, settings.convergence_window,
+                                    settings.convergence_threshold, progress):
                     break
 
     with torch.no_grad():

@@ -5,9 +5,9 @@ iterations per level; they stop earlier once the loss has flattened.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Optional, Sequence
 
-__all__ = ["converged"]
+__all__ = ["converged", "record_iteration"]
 
 
 def converged(losses: Sequence[float], window: int, threshold: float) -> bool:
@@ -28,3 +28,20 @@ def converged(losses: Sequence[float], window: int, threshold: float) -> bool:
     slope = sum((i - mean_x) * (y - mean_y) for i, y in enumerate(recent)) / sum(
         (i - mean_x) ** 2 for i in range(window))
     return -slope < threshold * max(abs(mean_y), 1e-12)
+
+
+def record_iteration(record: dict, history: list, level_losses: list, window: int, threshold: float,
+                     progress: Optional[Callable[[dict], None]]) -> bool:
+    """Book one iteration of a level: append ``record``, test convergence, report it; True to stop the level.
+
+    A converged record carries ``"converged": True``, so the progress bar and the loss
+    history show where a level stopped early.
+    """
+    history.append(record)
+    level_losses.append(record["loss"])
+    stop = converged(level_losses, window, threshold)
+    if stop:
+        record["converged"] = True
+    if progress is not None:
+        progress(record)
+    return stop

@@ -11,7 +11,6 @@ voxel units of that grid, tensor order, with warp(moving, u) ~ fixed.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
@@ -19,12 +18,13 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from .. import ops
+from ..core.grid import corner_aligned_level
+from ..core.intensity import robust_range
 from ..losses import MILoss, make_metric
-from ..losses.functional import _robust_range
 from ..ode.flow import NeuralODEFlow, invert_displacement
 from ..ode.velocity import VelocityNetwork
 from .adam import Adam
-from .convergence import converged
+from .convergence import record_iteration
 from .pyramid import downsample_image, pyramid_level, resample_to_shape
 
 __all__ = ["NODEOSettings", "NODEOResult", "nodeo_register"]
@@ -106,10 +106,9 @@ def resolved_velocity_scales(settings: NODEOSettings, spacing_mm: Sequence[float
 
 def _control_grid(shape: Sequence[int], spacing_mm: Sequence[float], control_spacing_mm: float):
     """Corner-aligned control grid covering the box with about ``control_spacing_mm`` spacing."""
-    extent = [(s - 1) * h for s, h in zip(shape, spacing_mm)]
-    control_shape = [max(3, int(math.ceil(e / control_spacing_mm)) + 1) for e in extent]
-    control_spacing = [e / (n - 1) if e > 0 else control_spacing_mm for e, n in zip(extent, control_shape)]
-    return control_shape, control_spacing
+    control_shape, control_spacing = corner_aligned_level(shape, spacing_mm, target_spacing_mm=control_spacing_mm,
+                                                          min_size=3, keep_singleton_axes=False)
+    return list(control_shape), list(control_spacing)
 
 
 def _flow_level(level, control_spacing_mm: float):
@@ -139,7 +138,7 @@ def _fix_intensity_ranges(metric: torch.nn.Module, fixed: torch.Tensor, moving: 
         return
     for name, image in (("fixed_range", fixed), ("moving_range", moving)):
         if getattr(metric, name) is None:
-            low, high = _robust_range(image.reshape(-1), metric.percentiles)
+            low, high = robust_range(image, metric.percentiles)
             setattr(metric, name, (low, high if high > low else low + 1.0))
 
 
@@ -242,14 +241,8 @@ def nodeo_register(
                 "smoothness": float(smoothness.detach()),
                 "kinetic": float(kinetic.detach()),
             }
-            history.append(record)
-            level_losses.append(record["loss"])
-            stop = converged(level_losses, settings.convergence_window, settings.convergence_threshold)
-            if stop:
-                record["converged"] = True
-            if progress is not None:
-                progress(record)
-            if stop:
+            if record_iteration(record, history, level_losses, settings.convergence_window,
+                                settings.convergence_threshold, progress):
                 break
 
     with torch.no_grad():

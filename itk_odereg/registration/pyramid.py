@@ -9,12 +9,12 @@ fields computed at one level carry over to the next without drift.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
+from ..core.grid import corner_aligned_level
 from ..core.separable import apply_separable, compose, gaussian_matrices, resample_linear, resampling_matrices
 
 __all__ = ["PyramidLevel", "pyramid_level", "resample_to_shape", "downsample_image"]
@@ -33,10 +33,7 @@ def pyramid_level(shape: Sequence[int], spacing_mm: Sequence[float], factor: flo
     """The corner-aligned level of a grid downsampled by ``factor`` (>= 1)."""
     if factor < 1:
         raise ValueError(f"pyramid_level(): 'factor' must be >= 1, got {factor}")
-    new_shape = tuple(max(2, int(math.ceil((s - 1) / factor)) + 1) if s > 1 else 1 for s in shape)
-    new_spacing = tuple(
-        (s - 1) * h / (n - 1) if n > 1 else h for s, h, n in zip(shape, spacing_mm, new_shape)
-    )
+    new_shape, new_spacing = corner_aligned_level(shape, spacing_mm, factor=factor)
     return PyramidLevel(float(factor), new_shape, new_spacing)
 
 

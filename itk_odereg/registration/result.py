@@ -1,0 +1,184 @@
+"""The engine's answer: one frozen, toolkit-neutral value that every front end converts.
+
+:class:`Registration` holds what a registration found and nothing of the toolkit the
+images came from: the fixed and moving grids, the affine, the deformable displacement and
+its inverse, the loss history and the timings. It can warp an image, inverse-warp one,
+give the dense field of the whole map in millimetres and the Jacobian determinant. The
+SimpleITK, ITK and ANTs adapters (:mod:`itk_odereg.adapters`) turn it into their images,
+transforms and files; nothing else builds outputs.
+
+Conventions (``docs/methods.md`` section 3):
+
+* The forward map sends a fixed point ``p`` (LPS mm) to the moving point
+  ``T(p) = A (p + W(p)) + t``: the deformable part ``W`` acts first, then the affine
+  (ITK's composite ``[affine, warp]``, ANTs' ``fwdtransforms = [warp, affine]``).
+* ``displacement`` and ``inverse_displacement`` are tensors ``[1, d, *fixed_grid.shape]``
+  in voxels of the fixed grid, channel ``i`` along tensor axis ``i`` ((z, y, x) in 3D), as
+  the ops take them. The ``*_mm`` views are float64 arrays ``(*fixed_grid.shape, d)`` in LPS
+  mm with components (x, y, z), which is what the toolkits store.
+* The inverse displacement lives on the fixed grid as well (ANTs' convention): a moving
+  point ``q`` goes to ``r = A^-1 (q - t)`` and then to ``r + W^-1(r)``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Mapping, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import ops
+from ..core.grid import ImageGrid
+from ..transforms import voxel_displacement_to_physical
+
+__all__ = ["Registration", "sample_at_points"]
+
+
+def sample_at_points(image: torch.Tensor, grid: ImageGrid, world: torch.Tensor, out_shape) -> torch.Tensor:
+    """Linear samples of ``image`` ``[1, C, *grid.shape]`` at physical points ``world`` ``[P, d]`` (x, y, z; LPS mm).
+
+    Follows ITK's ``LinearInterpolateImageFunction`` as ``sitk.Resample`` uses it with
+    default value 0, and ITK's ``DisplacementFieldTransform``, which gives no displacement
+    outside its field: a point is inside when its continuous index lies in
+    ``[-0.5, size - 0.5]`` on every axis; between the outermost voxel centre and that edge
+    the edge value is repeated; outside, the value is 0. Returns ``[1, C, *out_shape]``.
+    """
+    ndim = grid.ndim
+    w2v = torch.as_tensor(grid.world_to_voxel_matrix_torch_order(), dtype=world.dtype, device=world.device)
+    index = world @ w2v[:-1, :-1].T + w2v[:-1, -1]
+    shape = grid.shape
+    norm = [2 * index[:, d] / max(shape[d] - 1, 1) - 1 for d in range(ndim)]
+    sample_grid = torch.stack(norm[::-1], -1).view(1, *out_shape, ndim).to(image.dtype)
+    values = F.grid_sample(image, sample_grid, mode="bilinear", padding_mode="border", align_corners=True)
+    inside = torch.ones(index.shape[0], dtype=torch.bool, device=index.device)
+    for d in range(ndim):
+        inside &= (index[:, d] >= -0.5) & (index[:, d] <= shape[d] - 0.5)
+    return values * inside.view(1, 1, *out_shape).to(values.dtype)
+
+
+@dataclass(frozen=True, eq=False)
+class Registration:
+    """A registration of a moving image to a fixed image, independent of any toolkit.
+
+    Attributes:
+        fixed_grid: the grid every output lives on.
+        moving_grid: the moving image's grid (where :meth:`inverse_warp` puts its result).
+        affine_matrix, affine_translation: ``T_affine(p) = A p + t``, LPS mm (read-only arrays).
+        displacement: deformable part ``W(p) - p``, ``Tensor[1, d, *fixed_grid.shape]``, voxels of
+            the fixed grid, tensor axis order.
+        inverse_displacement: its inverse, same layout, also on the fixed grid.
+        loss_history: per-iteration records of every stage (each has a ``"stage"`` key).
+        timings: wall seconds per stage (``load``, ``affine``, ``nodeo``/``msodenet``, ``outputs``, ``total``).
+    """
+
+    fixed_grid: ImageGrid
+    moving_grid: ImageGrid
+    affine_matrix: np.ndarray
+    affine_translation: np.ndarray
+    displacement: torch.Tensor = field(repr=False)
+    inverse_displacement: torch.Tensor = field(repr=False)
+    loss_history: tuple = field(default=(), repr=False)
+    timings: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("affine_matrix", "affine_translation"):
+            array = np.array(getattr(self, name), dtype=np.float64)
+            array.setflags(write=False)
+            object.__setattr__(self, name, array)
+        expected = (1, self.fixed_grid.ndim, *self.fixed_grid.shape)
+        for name in ("displacement", "inverse_displacement"):
+            if tuple(getattr(self, name).shape) != expected:
+                raise ValueError(f"Registration: '{name}' must have shape {expected} (the fixed grid), "
+                                 f"got {tuple(getattr(self, name).shape)}")
+
+    # ------------------------------------------------------------------ fields
+
+    @property
+    def ndim(self) -> int:
+        return self.fixed_grid.ndim
+
+    @property
+    def affine_determinant(self) -> float:
+        return float(np.linalg.det(self.affine_matrix))
+
+    @cached_property
+    def displacement_mm(self) -> np.ndarray:
+        """The deformable part ``W(p) - p``: float64 ``(*fixed_grid.shape, d)``, LPS mm, components (x, y, z)."""
+        return voxel_displacement_to_physical(self.displacement[0].double().cpu(), self.fixed_grid)
+
+    @cached_property
+    def inverse_displacement_mm(self) -> np.ndarray:
+        """The inverse of the deformable part, same layout as :attr:`displacement_mm`."""
+        return voxel_displacement_to_physical(self.inverse_displacement[0].double().cpu(), self.fixed_grid)
+
+    def field_mm(self, points: Optional[np.ndarray] = None) -> np.ndarray:
+        """``T(p) - p`` of the whole map (affine included) at every fixed voxel, float64 ``(*shape, d)``, LPS mm.
+
+        ``points``: the fixed grid's world points, when the caller already holds them.
+        """
+        A, t = self.affine_matrix, self.affine_translation
+        points = self.fixed_grid.world_points() if points is None else points
+        # T(p) - p = A (p + u(p)) + t - p, built in place: these (voxels x d) float64 arrays are the
+        # largest of the output stage, and every temporary of them raised the peak memory.
+        total = points @ (A - np.eye(self.ndim)).T
+        total += t
+        total += self.displacement_mm @ A.T
+        return total
+
+    @cached_property
+    def jacobian_determinant(self) -> np.ndarray:
+        """``det(I + DW)`` of the deformable part on the fixed grid, float64 ``fixed_grid.shape``.
+
+        The affine's determinant is the constant :attr:`affine_determinant`.
+        """
+        return ops.jacobian_determinant(self.displacement.double())[0].cpu().numpy()
+
+    @property
+    def folding_percent(self) -> float:
+        """Percentage of fixed voxels where the deformable part folds (``det J <= 0``)."""
+        return float((self.jacobian_determinant <= 0).mean() * 100.0)
+
+    # ------------------------------------------------------------------ resampling
+
+    def warp(self, image: torch.Tensor, grid: ImageGrid, *, field_mm: Optional[np.ndarray] = None) -> torch.Tensor:
+        """Resample ``image`` ``[1, C, *grid.shape]`` (the moving image, on ``grid``) onto the fixed grid at ``T(p)``.
+
+        Linear, 0 outside (as ``sitk.Resample(moving, fixed, transform)``). ``field_mm``: the
+        :meth:`field_mm` array when the caller already computed it. Returns
+        ``[1, C, *fixed_grid.shape]`` in ``image``'s dtype, on the device of :attr:`displacement`.
+        """
+        device = self.displacement.device
+        points = self.fixed_grid.world_points()
+        total = self.field_mm(points) if field_mm is None else field_mm
+        mapped = torch.from_numpy(points.reshape(-1, self.ndim)).to(device)
+        del points
+        mapped += torch.from_numpy(total.reshape(-1, self.ndim)).to(device)
+        return sample_at_points(image.to(device), grid, mapped, self.fixed_grid.shape)
+
+    def inverse_points(self, target: ImageGrid) -> torch.Tensor:
+        """``T^-1(q)`` for every voxel ``q`` of ``target``: float64 ``[P, d]`` LPS mm (fixed space)."""
+        device = self.displacement.device
+        inv_A = np.linalg.inv(self.affine_matrix)
+        q = torch.as_tensor(target.world_points().reshape(-1, self.ndim), dtype=torch.float64, device=device)
+        t = torch.tensor(np.array(self.affine_translation), device=device)
+        r = (q - t) @ torch.as_tensor(inv_A.T.copy(), device=device)
+        del q
+        inverse = torch.from_numpy(np.moveaxis(self.inverse_displacement_mm, -1, 0)[None].copy()).to(device)
+        r += sample_at_points(inverse, self.fixed_grid, r, target.shape).reshape(self.ndim, -1).T
+        return r
+
+    def inverse_warp(self, image: torch.Tensor, grid: Optional[ImageGrid] = None,
+                     target: Optional[ImageGrid] = None) -> torch.Tensor:
+        """Resample ``image`` (the fixed image, on ``grid``, default the fixed grid) onto ``target`` at ``T^-1(q)``.
+
+        ``target`` defaults to the moving grid, which gives ANTs' ``InverseWarped`` image.
+        Linear, 0 outside, with ITK's conventions (:func:`sample_at_points`): the inverse
+        field gives no displacement outside the fixed grid, as an ITK
+        ``DisplacementFieldTransform`` does. Returns ``[1, C, *target.shape]``.
+        """
+        grid = self.fixed_grid if grid is None else grid
+        target = self.moving_grid if target is None else target
+        points = self.inverse_points(target)
+        return sample_at_points(image.to(points.device), grid, points, target.shape)
