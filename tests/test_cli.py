@@ -347,3 +347,14 @@ def test_write_image_fast_gzip_is_the_itk_nifti_atomically(tmp_path):
     write_image(image, str(tmp_path / "field.mha"))
     np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "field.mha"))),
                                   sitk.GetArrayFromImage(image))
+
+
+def test_cli_choices_follow_the_registries():
+    # The parser spells the registries' names out so that --help needs no torch; they must not drift.
+    import itk_odereg.cli as cli
+    from itk_odereg.losses import METRICS
+    from itk_odereg.registration.stages import AFFINE_MODES, DEFORMABLE_STAGES
+
+    assert cli.METHOD_CHOICES == DEFORMABLE_STAGES
+    assert cli.METRIC_CHOICES == tuple(METRICS)
+    assert cli.AFFINE_CHOICES == tuple("none" if mode is None else mode for mode in AFFINE_MODES)

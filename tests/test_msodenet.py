@@ -15,7 +15,7 @@ import torch
 from itk_odereg import ops, register
 from itk_odereg.cli import main as cli_main
 from itk_odereg.msodenet import CascadeODENet, MSODENet, TrainSettings, load_model, rigid_displacement, train
-from itk_odereg.msodenet.model import rotation_angles, rotation_matrix
+from itk_odereg.msodenet._geometry import rotation_angles, rotation_matrix
 from itk_odereg.msodenet.pretrained import load_pretrained, weights_path
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script.*` is deprecated:DeprecationWarning")
@@ -64,7 +64,7 @@ def test_an_image_registered_to_itself_does_not_move_whatever_the_weights(parame
 
 def test_aligned_features_are_the_features_of_the_aligned_pair():
     """The anchor's closed form equals registration_features(fixed, fixed) (which it saves computing)."""
-    from itk_odereg.msodenet.model import aligned_features, fixed_image_cues, registration_features
+    from itk_odereg.msodenet._features import aligned_features, fixed_image_cues, registration_features
 
     fixed, _ = blob_pair()
     cues = fixed_image_cues(fixed)
@@ -92,7 +92,7 @@ def test_untrained_deformable_model_reduces_a_misalignment(parameterization):
 
 def test_mind_descriptor_ignores_the_contrast():
     """Two contrasts of one label image (one inverted, one not monotone) get the same descriptor."""
-    from itk_odereg.msodenet.model import mind_descriptor
+    from itk_odereg.msodenet._features import mind_descriptor
 
     labels = torch.zeros(1, 1, 16, 17, 18, dtype=torch.long)
     labels[..., 4:12, 5:13, 3:9] = 1
@@ -106,7 +106,7 @@ def test_mind_descriptor_ignores_the_contrast():
 
 
 def test_rigid_force_fit_recovers_a_small_rigid_field():
-    from itk_odereg.msodenet.model import rigid_force_fit
+    from itk_odereg.msodenet._features import rigid_force_fit
 
     omega, shift = torch.tensor([0.01, -0.02, 0.015], dtype=torch.float64), torch.tensor([0.5, -1.0, 0.25],
                                                                                          dtype=torch.float64)
@@ -121,7 +121,7 @@ def test_rigid_force_fit_recovers_a_small_rigid_field():
 
 def test_rigid_force_fit_is_about_the_grid_centre_whatever_the_weights():
     """Weights off centre (edges on one side) must not turn a pure rotation into a shift."""
-    from itk_odereg.msodenet.model import rigid_force_fit
+    from itk_odereg.msodenet._features import rigid_force_fit
 
     omega = torch.tensor([0.02, 0.01, -0.03], dtype=torch.float64)
     shape = (9, 10, 11)
@@ -146,7 +146,7 @@ def test_rotation_angles_invert_rotation_matrix():
 
 def test_rigid_rate_turns_the_warped_image_by_its_body_rate():
     """d(params)/dt from (omega, v) in the warped image's frame: R -> R (I + h [omega]x), t -> t + h R v."""
-    from itk_odereg.msodenet.model import rigid_parameter_rate
+    from itk_odereg.msodenet._geometry import rigid_parameter_rate
 
     params = torch.tensor([[1.2, -0.9, 0.7, 3.0, -2.0, 5.0]], dtype=torch.float64)
     body = torch.tensor([[0.3, -0.2, 0.5, 1.0, 2.0, -1.5]], dtype=torch.float64)

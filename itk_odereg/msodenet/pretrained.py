@@ -18,7 +18,8 @@ import torch
 
 from ..core.grid import corner_aligned_level
 from ..ode.flow import invert_displacement
-from .model import CascadeODENet, MSODENet, rescale_displacement, resize
+from ._geometry import rescale_displacement, resize
+from .model import CascadeODENet, MSODENet
 from .train import load_model
 
 __all__ = ["MODELS", "weights_path", "load_pretrained", "msodenet_register", "MSODENetResult"]

@@ -16,14 +16,21 @@ unreadable files or failed writes, reported as one line
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import time
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
+
+from ._common import CLIError, PROG, _resolution, _sitk_message
+from ._train_export import _cmd_export, _cmd_train
+from ._register import _cmd_register, register_outputs
+from ._apply import _cmd_apply
 
 __all__ = ["main", "build_parser", "register_outputs"]
 
-PROG = "itk-odereg"
+# The registries' names (registration.stages.STAGES, losses.METRICS), spelled out here so that
+# building the parser and --help need no torch; tests/test_cli.py keeps them equal to the registries.
+METHOD_CHOICES = ("nodeo", "msodenet", "msodenet+nodeo", "none")
+METRIC_CHOICES = ("lncc", "mse", "mi", "ngf")
+AFFINE_CHOICES = ("affine", "rigid", "none")
 
 _DESCRIPTION = """\
 Neural-ODE (NODEO) deformable image registration for ITK, SimpleITK and ANTs workflows.
@@ -44,6 +51,7 @@ Conventions:
     components) holding the deformable part only; Composite.h5 holds the whole
     forward map (affine + warp) for ITK, SimpleITK, ANTs and 3D Slicer.
 """
+
 
 _EPILOG = """\
 examples:
@@ -67,6 +75,7 @@ examples:
       -t out/sub01_1Warp.nii.gz -t out/sub01_0GenericAffine.mat
 """
 
+
 _REGISTER_EPILOG = """\
 outputs (PREFIX is concatenated, as in ANTs: -o out/sub01_ gives out/sub01_Warped.nii.gz):
   PREFIXWarped.nii.gz              moving image on the fixed grid (float32, linear)
@@ -81,6 +90,7 @@ outputs (PREFIX is concatenated, as in ANTs: -o out/sub01_ gives out/sub01_Warpe
 No input file is ever overwritten; every output is written atomically.
 """
 
+
 _APPLY_EPILOG = """\
 Transforms are listed as for antsApplyTransforms: the last listed is applied
 to the input image first (a reference point p goes through the first listed
@@ -92,19 +102,10 @@ fields (LPS mm). Invert a transform with --invert (one
 cannot be inverted: use the matching *InverseWarp.nii.gz.
 """
 
-_TRANSFORM_EXTENSIONS = (".mat", ".txt", ".tfm", ".h5", ".hdf5", ".xfm")
-
-
-class CLIError(Exception):
-    """A user error reported as one line and exit status 1."""
-
-
-# ---------------------------------------------------------------------------- parser
-
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``itk-odereg`` argument parser (subcommands ``register`` and ``apply``)."""
-    from ._version import __version__
+    from .._version import __version__
 
     common = argparse.ArgumentParser(add_help=False)
     # SUPPRESS: a subcommand's default must not reset "--debug" given before it.
@@ -130,19 +131,20 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("-m", "--moving", required=True, metavar="MOVING", help="moving image file (any grid)")
     reg.add_argument("-o", "--output", required=True, metavar="PREFIX",
                      help="output prefix, e.g. out/sub01_ (directory must exist)")
-    reg.add_argument("--method", choices=["nodeo", "msodenet", "msodenet+nodeo"], default="nodeo",
+    reg.add_argument("--method", choices=METHOD_CHOICES, default="nodeo",
                      help="deformable stage: nodeo (per-pair neural-ODE optimization; default), msodenet (a "
                           "trained MS-ODENet model, see --model; a few solver steps, 3D only), msodenet+nodeo "
-                          "(MS-ODENet first, then NODEO refines)")
+                          "(MS-ODENet first, then NODEO refines), none (the affine alone: only the .mat is meaningful, "
+                          "the warps are zero)")
     reg.add_argument("--model", default="bspline", metavar="NAME|FILE",
                      help="MS-ODENet model for the msodenet methods: a .pt file written by `itk-odereg train`, "
                           "or a shipped name bspline (default; after the affine stage), rigid+bspline (for "
                           "unaligned inputs in any orientation, with --affine none), rigid")
-    reg.add_argument("--metric", choices=["lncc", "mse", "mi", "ngf"], default="lncc",
+    reg.add_argument("--metric", choices=METRIC_CHOICES, default="lncc",
                      help="similarity: lncc (local NCC, same contrast; default), mse, "
                           "ngf (normalized gradient fields: different contrasts such as T1 to T2, recommended; "
                           "the affine stage then uses mi), mi (Mattes mutual information, both stages)")
-    reg.add_argument("--affine", choices=["affine", "rigid", "none"], default="affine",
+    reg.add_argument("--affine", choices=AFFINE_CHOICES, default="affine",
                      help="pre-alignment (default affine: centres of mass, rigid, affine)")
     reg.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="torch device (default cpu)")
     reg.add_argument("--iterations", type=int, nargs="+", metavar="N",
@@ -227,305 +229,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# ---------------------------------------------------------------------------- train / export
-
-
-def _cmd_train(args: argparse.Namespace) -> int:
-    from .msodenet.train import TrainSettings, train
-
-    if args.iterations < 1:
-        raise CLIError(f"--iterations must be at least 1, got {args.iterations}")
-    if args.resolution <= 0:
-        raise CLIError(f"--resolution must be positive (mm), got {args.resolution}")
-    out_dir = os.path.dirname(os.path.abspath(args.output))
-    if not os.path.isdir(out_dir):
-        raise CLIError(f"the output directory does not exist: '{out_dir}'")
-    settings = TrainSettings(parameterization=args.parameterization, resolution_mm=args.resolution,
-                             iterations=args.iterations, learning_rate=args.learning_rate, metric=args.metric,
-                             train_subjects=tuple(args.subjects), seed=args.seed, threads=args.threads,
-                             device=args.device)
-    try:
-        train(args.label_maps, args.output, settings, resume=not args.restart,
-              log=lambda line: sys.stderr.write(line + "\n"))
-    except FileNotFoundError as err:
-        raise CLIError(str(err)) from None
-    return 0
-
-
-def _cmd_export(args: argparse.Namespace) -> int:
-    from .msodenet.export import export_model
-
-    out_dir = os.path.dirname(os.path.abspath(args.output))
-    if not os.path.isdir(out_dir):
-        raise CLIError(f"the output directory does not exist: '{out_dir}'")
-    if not args.output.endswith((".pt", ".pt2")):
-        raise CLIError(f"--output must end in .pt (TorchScript) or .pt2 (torch.export), got '{args.output}'")
-    try:
-        export_model(args.model, args.output, shape=args.shape)
-    except (FileNotFoundError, ValueError) as err:
-        raise CLIError(str(err)) from None
-    sys.stderr.write(f"{PROG} export: wrote {args.output}\n")
-    return 0
-
-
-# ---------------------------------------------------------------------------- register
-
-
-def register_outputs(prefix: str, qc: bool = False) -> dict[str, str]:
-    """The files ``itk-odereg register -o PREFIX`` writes, by role (:data:`itk_odereg.adapters.ants.ANTS_FILE_NAMES`).
-
-    Args:
-        prefix: output prefix (concatenated, as ANTs does).
-        qc: include the QC figure.
-
-    Returns:
-        dict role -> path: ``warped``, ``inverse_warped``, ``affine``, ``warp``,
-        ``inverse_warp``, ``composite``, ``inverse_composite``, ``jacobian`` [, ``qc``].
-    """
-    from .adapters.ants import ANTS_FILE_NAMES, ants_output_paths
-
-    return ants_output_paths(prefix, [role for role in ANTS_FILE_NAMES if qc or role != "qc"])
-
-
-def _check_prefix(prefix: str) -> None:
-    if prefix == "":
-        raise CLIError("the output prefix (-o) is empty")
-    if os.path.isdir(prefix) and not prefix.endswith(os.sep):
-        raise CLIError(f"the output prefix '{prefix}' is a directory; end it with '{os.sep}' to write into it "
-                       f"(e.g. '{os.path.join(prefix, '')}')")
-    directory = os.path.dirname(os.path.abspath(prefix + "x"))
-    if not os.path.isdir(directory):
-        raise CLIError(f"the output directory does not exist: '{directory}' (create it first, e.g. mkdir -p)")
-
-
-def _resolution(text: str):
-    """--resolution: 'auto' or a number of mm (argparse type)."""
-    if text == "auto":
-        return text
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of mm, 0 or auto, got {text!r}") from None
-
-
-def _check_input_file(path: str, option: str) -> None:
-    if not os.path.exists(path):
-        raise CLIError(f"{option} file not found: '{path}'")
-    if os.path.isdir(path):
-        raise CLIError(f"{option} is a directory, not a file: '{path}'")
-
-
-def _write_image(image: Any, path: str, inputs: Sequence[Any]) -> None:
-    from .io_utils import write_image
-
-    # Atomic; .nii.gz gzipped at zlib level 1 (io_utils.write_image).
-    write_image(image, path, inputs=inputs, caller=PROG)
-
-
-def _read_input(path: str, option: str) -> Any:
-    """Read an input image once; the engine and the outputs (inverse warp, QC) reuse it."""
-    import SimpleITK as sitk
-
-    try:
-        return sitk.ReadImage(path)
-    except RuntimeError as err:
-        raise CLIError(f"{option} could not be read as an image from '{path}': {_sitk_message(err)}") from None
-
-
-#: option keyword -> the command line flag that sets it, for error messages.
-_FLAGS = {"method": "--method", "model": "--model", "metric": "--metric", "affine": "--affine", "device": "--device",
-          "iterations": "--iterations", "steps": "--steps", "seed": "--seed", "resolution_mm": "--resolution"}
-
-
-def _cli_message(err: BaseException) -> str:
-    """An engine or options error in the command line's terms: flags and -f/-m instead of Python names."""
-    text = str(err).replace("register(): 'fixed'", "fixed image (-f)").replace("register(): 'moving'", "moving image (-m)")
-    for key, flag in _FLAGS.items():
-        text = text.replace(f"register(): '{key}'", flag).replace(f"register(): invalid {key}", f"invalid {flag}")
-    text = text.replace("register(): ", "")
-    return text.splitlines()[0] if text else type(err).__name__
-
-
-def _cmd_register(args: argparse.Namespace) -> int:
-    import SimpleITK as sitk
-
-    from .adapters.ants import write_registration
-    from .core.image import load_image
-    from .io_utils import check_not_inputs
-    from .registration.engine import register_images
-    from .registration.options import RegistrationOptions
-
-    _check_input_file(args.fixed, "fixed image (-f)")
-    _check_input_file(args.moving, "moving image (-m)")
-    _check_prefix(args.output)
-    if args.iterations is not None and not 1 <= len(args.iterations) <= 3:
-        raise CLIError(f"--iterations takes 1 to 3 values (coarse to fine), got {len(args.iterations)}")
-    if args.resolution != "auto" and args.resolution < 0:
-        raise CLIError(f"--resolution must be positive (mm), 0 for the fixed grid or auto, got {args.resolution}")
-    if args.threads is not None and args.threads < 1:
-        raise CLIError(f"--threads must be at least 1, got {args.threads}")
-    try:
-        options = RegistrationOptions.create(
-            "register()", method=args.method, model=args.model, metric=args.metric,
-            affine=None if args.affine == "none" else args.affine, device=args.device,
-            iterations=tuple(args.iterations) if args.iterations else None, steps=args.steps, seed=args.seed,
-            resolution_mm=args.resolution if args.resolution == "auto" else (args.resolution or None))
-    except (ValueError, TypeError) as err:
-        raise CLIError(_cli_message(err)) from None
-    outputs = register_outputs(args.output, args.qc)
-    inputs = [args.fixed, args.moving]
-    try:
-        check_not_inputs(outputs.values(), inputs, PROG)
-    except ValueError as err:
-        raise CLIError(str(err).split(": ", 1)[-1] + " (choose another -o prefix)") from None
-
-    if args.threads is not None:
-        import torch
-
-        torch.set_num_threads(args.threads)
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
-    start = time.perf_counter()
-    # Each input is read once: the engine, the inverse-warped image and the QC figure share it.
-    try:
-        fixed = load_image(_read_input(args.fixed, "fixed image (-f)"), "fixed", "register()")
-        moving = load_image(_read_input(args.moving, "moving image (-m)"), "moving", "register()")
-        t_read = time.perf_counter() - start
-        registration = register_images(fixed, moving, options, progress=not args.quiet)
-    except (ValueError, TypeError) as err:
-        raise CLIError(_cli_message(err)) from err
-    t_write = time.perf_counter()
-    write_registration(registration, args.output, fixed=fixed, moving=moving, roles=tuple(outputs), inputs=inputs,
-                       threads=args.threads, caller=PROG)
-    timings = {"load": t_read, **registration.timings}
-    timings["write"] = time.perf_counter() - t_write
-    timings["total"] = time.perf_counter() - start
-    if not args.quiet:
-        det = registration.jacobian_determinant
-        out = sys.stdout
-        out.write(f"{PROG} register: done in {timings['total']:.1f} s\n")
-        out.write("  stage timings (s): " + ", ".join(
-            f"{k} {v:.2f}" for k, v in timings.items() if k != "total") + "\n")
-        out.write(f"  affine determinant {registration.affine_determinant:.4f}; det J of the warp in "
-                  f"[{float(det.min()):.3f}, {float(det.max()):.3f}]; folding {registration.folding_percent:.3f}% of voxels\n")
-        out.write("  wrote:\n")
-        for path in outputs.values():
-            out.write(f"    {path}\n")
-        out.flush()
-    return 0
-
-
-# ---------------------------------------------------------------------------- apply
-
-
-def _parse_transform_spec(spec: str) -> tuple[str, bool]:
-    """``file`` or the ANTs form ``[file,1]`` -> (path, invert)."""
-    text = spec.strip()
-    if text.startswith("[") and text.endswith("]"):
-        inner = text[1:-1]
-        path, _, flag = inner.rpartition(",")
-        if not path or flag.strip() not in ("0", "1"):
-            raise CLIError(f"cannot parse transform '{spec}': expected [file,0] or [file,1]")
-        return path.strip(), flag.strip() == "1"
-    return text, False
-
-
-def _read_transform(path: str, invert: bool, dimension: int) -> Any:
-    import SimpleITK as sitk
-
-    from .io_utils import split_extension
-
-    _check_input_file(path, "transform (-t)")
-    ext = split_extension(path)[1].lower()
-    if ext in _TRANSFORM_EXTENSIONS:
-        try:
-            tx = sitk.ReadTransform(path)
-        except RuntimeError as err:
-            raise CLIError(f"could not read transform '{path}': {_sitk_message(err)}") from None
-        if tx.GetDimension() != dimension:
-            raise CLIError(f"transform '{path}' is {tx.GetDimension()}D but the reference image is {dimension}D")
-        if invert:
-            try:
-                tx = tx.GetInverse()
-            except RuntimeError as err:
-                raise CLIError(f"transform '{path}' cannot be inverted: {_sitk_message(err)}") from None
-        return tx
-    try:
-        field = sitk.ReadImage(path)
-    except RuntimeError as err:
-        raise CLIError(f"'{path}' is neither a transform file ({', '.join(_TRANSFORM_EXTENSIONS)}) nor a readable "
-                       f"displacement field image: {_sitk_message(err)}") from None
-    if field.GetNumberOfComponentsPerPixel() != field.GetDimension() or field.GetDimension() != dimension:
-        raise CLIError(f"'{path}' is not a {dimension}D displacement field ({field.GetDimension()}D image with "
-                       f"{field.GetNumberOfComponentsPerPixel()} components per voxel)")
-    if invert:
-        raise CLIError(f"cannot invert the displacement field '{path}': use the matching *InverseWarp file instead")
-    return sitk.DisplacementFieldTransform(sitk.Cast(field, sitk.sitkVectorFloat64))
-
-
-def _sitk_message(err: BaseException) -> str:
-    msg = str(err)
-    if "sitk::ERROR:" in msg:
-        return msg.split("sitk::ERROR:", 1)[-1].strip().splitlines()[0]
-    lines = [line for line in msg.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else type(err).__name__
-
-
-def _read_image(path: str, option: str) -> Any:
-    import SimpleITK as sitk
-
-    _check_input_file(path, option)
-    try:
-        image = sitk.ReadImage(path)
-    except RuntimeError as err:
-        raise CLIError(f"{option} could not be read as an image: '{path}': {_sitk_message(err)}") from None
-    if image.GetDimension() not in (2, 3):
-        raise CLIError(f"{option} '{path}' is a {image.GetDimension()}D image; only 2D and 3D images are supported")
-    return image
-
-
-def _cmd_apply(args: argparse.Namespace) -> int:
-    import SimpleITK as sitk
-
-    from .io_utils import check_not_inputs
-
-    specs = [_parse_transform_spec(s) for s in args.transform]
-    if args.invert is not None:
-        if len(args.invert) != len(specs):
-            raise CLIError(f"--invert takes one 0/1 per transform: {len(specs)} transform(s), {len(args.invert)} value(s)")
-        specs = [(path, bool(flag) or inv) for (path, inv), flag in zip(specs, args.invert)]
-    inputs = [args.input, args.reference] + [path for path, _ in specs]
-    try:
-        check_not_inputs([args.output], inputs, PROG)
-    except ValueError as err:
-        raise CLIError(str(err).split(": ", 1)[-1]) from None
-    out_dir = os.path.dirname(os.path.abspath(args.output))
-    if not os.path.isdir(out_dir):
-        raise CLIError(f"the output directory does not exist: '{out_dir}'")
-    image = _read_image(args.input, "input image (-i)")
-    reference = _read_image(args.reference, "reference image (-r)")
-    d = reference.GetDimension()
-    if image.GetDimension() != d:
-        raise CLIError(f"input image is {image.GetDimension()}D but the reference image is {d}D")
-    transforms = [_read_transform(path, inv, d) for path, inv in specs]
-    # antsApplyTransforms maps a reference point p through the first listed transform first:
-    # "-t W -t A" samples the input at A(W(p)). sitk.CompositeTransform applies the last
-    # added first, so it takes the list reversed: CompositeTransform([A, W]) is p -> A(W(p)).
-    composite = sitk.CompositeTransform(transforms[::-1])
-    interpolators = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor, "bspline": sitk.sitkBSpline}
-    if args.interpolation == "nearest":
-        pixel = image.GetPixelID()
-    elif image.GetNumberOfComponentsPerPixel() > 1:
-        pixel = sitk.sitkVectorFloat32
-    else:
-        pixel = sitk.sitkFloat32
-    out = sitk.Resample(image, reference, composite, interpolators[args.interpolation], args.default_value, pixel)
-    _write_image(out, args.output, inputs)
-    return 0
-
-
-# ---------------------------------------------------------------------------- main
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run ``itk-odereg`` with ``argv`` (default ``sys.argv[1:]``) and return the exit status.
 
@@ -562,7 +265,3 @@ def _one_line(err: BaseException) -> str:
     if isinstance(err, (ValueError, TypeError, OSError)):
         return first or type(err).__name__
     return f"{type(err).__name__}: {first}" if first else type(err).__name__
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
