@@ -22,7 +22,8 @@ from typing import Any, Callable, Iterable
 
 from .core.typing import PathLike
 
-__all__ = ["split_extension", "check_not_inputs", "atomic_write", "write_image", "FAST_COMPRESSION_LEVEL"]
+__all__ = ["split_extension", "check_not_inputs", "atomic_write", "write_image", "stage_image", "StagedImage",
+           "FAST_COMPRESSION_LEVEL"]
 
 _COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".zip")
 
@@ -200,3 +201,75 @@ def write_image(
                 pass
 
     return atomic_write(dest, writer, inputs=inputs, caller=caller)
+
+
+class StagedImage:
+    """An image written in two steps: :func:`stage_image` writes it uncompressed under a hidden
+    temporary name now; :meth:`finish` compresses it and moves it into place, :meth:`abort`
+    removes what was written.
+
+    The split lets a writer of many files build and write each image one at a time (the
+    image objects, the largest temporaries, never coexist) and then run the compressions,
+    which hold little memory and release the GIL, in parallel.
+    """
+
+    def __init__(self, dest: str, raw: str, level: int, inputs: Iterable[Any], caller: str) -> None:
+        self.dest, self.raw, self.level, self.caller = dest, raw, level, caller
+        self.inputs = list(inputs)
+
+    def finish(self) -> str:
+        """gzip the staged file into place (atomic); returns the destination."""
+        try:
+            return atomic_write(self.dest, lambda tmp: _gzip_file(self.raw, tmp, self.level), inputs=self.inputs,
+                                caller=self.caller)
+        finally:
+            self.abort()
+
+    def abort(self) -> None:
+        """Remove the staged temporary file (nothing under the final name is touched)."""
+        try:
+            os.remove(self.raw)
+        except OSError:
+            pass
+
+
+def stage_image(
+    image: Any,
+    path: PathLike,
+    *,
+    compression_level: int = FAST_COMPRESSION_LEVEL,
+    inputs: Iterable[Any] = (),
+    caller: str = "stage_image()",
+) -> StagedImage:
+    """Write a SimpleITK image destined for ``path`` (``.nii.gz``) uncompressed, next to it, under a hidden name.
+
+    Returns a :class:`StagedImage`; its :meth:`~StagedImage.finish` gives the same file as
+    :func:`write_image`. The checks of :func:`atomic_write` (inputs, directory) run first.
+
+    Raises:
+        ValueError: ``path`` does not end in ``.nii.gz``, is an input, or its directory is missing.
+    """
+    import SimpleITK as sitk
+
+    dest = os.fspath(path)
+    if not dest.lower().endswith(".nii.gz"):
+        raise ValueError(f"{caller}: stage_image() writes .nii.gz files, got '{dest}'")
+    level = int(compression_level)
+    if not 0 <= level <= 9:
+        raise ValueError(f"{caller}: 'compression_level' must be 0..9, got {compression_level!r}")
+    inputs = list(inputs)
+    check_not_inputs([dest], inputs, caller)
+    directory = os.path.dirname(os.path.abspath(dest))
+    if not os.path.isdir(directory):
+        raise ValueError(f"{caller}: output directory does not exist: '{directory}' (for '{dest}')")
+    stem, _ = split_extension(dest)
+    raw = os.path.join(directory, f".{stem}.tmp-{uuid.uuid4().hex[:12]}.nii")
+    try:
+        sitk.WriteImage(image, raw, useCompression=False)
+    except BaseException:
+        try:
+            os.remove(raw)
+        except OSError:
+            pass
+        raise
+    return StagedImage(dest, raw, level, inputs, caller)

@@ -217,3 +217,20 @@ def test_bool_and_integer_pixels(tmp_path):
     np.testing.assert_array_equal(t[0, 0].numpy(), arr.astype(np.float32))
     assert not os.listdir(tmp_path)  # nothing written anywhere by loading
     assert input_kind(Path("x.nii")) == "path" and input_kind(3) is None
+
+
+def test_staged_image_gives_the_bytes_of_write_image_and_cleans_up(tmp_path):
+    from itk_odereg.io_utils import stage_image, write_image
+
+    image = sitk.GetImageFromArray(np.random.default_rng(0).normal(size=(6, 7, 8)).astype(np.float32))
+    image.SetSpacing((1.5, 2.0, 2.5))
+    direct = write_image(image, tmp_path / "direct.nii.gz")
+    staged = stage_image(image, tmp_path / "staged.nii.gz")
+    assert not os.path.exists(tmp_path / "staged.nii.gz")          # nothing under the final name yet
+    assert staged.finish() == str(tmp_path / "staged.nii.gz")
+    assert Path(direct).read_bytes() == (tmp_path / "staged.nii.gz").read_bytes()
+    aborted = stage_image(image, tmp_path / "aborted.nii.gz")
+    aborted.abort()
+    assert sorted(os.listdir(tmp_path)) == ["direct.nii.gz", "staged.nii.gz"]   # no hidden temporaries left
+    with pytest.raises(ValueError, match="refusing to overwrite input file"):
+        stage_image(image, tmp_path / "direct.nii.gz", inputs=[direct])

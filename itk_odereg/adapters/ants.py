@@ -32,7 +32,7 @@ import torch
 
 from ..core.image import LoadedImage
 from ..core.typing import PathLike
-from ..io_utils import atomic_write, check_not_inputs, write_image
+from ..io_utils import atomic_write, check_not_inputs, stage_image, write_image
 from ..registration.result import Registration
 
 __all__ = [
@@ -101,10 +101,11 @@ def write_ants_files(
 
     Roles ``affine``, ``composite`` and ``inverse_composite`` take SimpleITK transforms; the
     image roles take SimpleITK images (written as float32 where they are scalar); ``qc``
-    takes a callable that writes the figure to the path it is given. Image files are
-    written on a few threads, so one file's gzip compression (zlib releases the GIL)
-    overlaps the others; transform files are written one after the other by one job, since
-    the HDF5 library behind ITK's ``.h5`` writer is not thread-safe.
+    takes a callable that writes the figure to the path it is given. Images are built and
+    written uncompressed one at a time (:func:`itk_odereg.io_utils.stage_image`), which keeps
+    the peak memory low; their gzip compressions then run on a few threads (zlib releases the
+    GIL), beside one job that writes the transform files one after the other (the HDF5
+    library behind ITK's ``.h5`` writer is not thread-safe).
 
     Returns:
         role -> path of every file written.
@@ -124,13 +125,9 @@ def write_ants_files(
         value = items[role]
         return value() if callable(value) and role != "qc" else value
 
-    def image_job(role: str) -> Callable[[], None]:
-        def job() -> None:
-            image = resolved(role)
-            if image.GetNumberOfComponentsPerPixel() == 1:
-                image = sitk.Cast(image, sitk.sitkFloat32)
-            write_image(image, paths[role], inputs=inputs, caller=caller)
-        return job
+    def image(role: str) -> Any:
+        image = resolved(role)
+        return sitk.Cast(image, sitk.sitkFloat32) if image.GetNumberOfComponentsPerPixel() == 1 else image
 
     def transforms_job() -> None:
         for role in _TRANSFORM_ROLES:
@@ -140,12 +137,24 @@ def write_ants_files(
                              caller=caller)
 
     image_roles = [role for role in ANTS_FILE_NAMES if role in items and role not in _TRANSFORM_ROLES + ("qc",)]
-    # Largest files first, so that the longest compressions start early.
+    # Each image is built and written uncompressed one at a time, so that no two of these
+    # large temporaries coexist; the compressions then run in parallel with the transform
+    # files (their memory is small, and zlib releases the GIL). Largest files first.
     order = {"warp": 0, "inverse_warp": 1, "warped": 2, "inverse_warped": 3, "jacobian": 4}
-    jobs = [image_job(role) for role in sorted(image_roles, key=lambda r: order.get(r, 9))]
-    if any(role in items for role in _TRANSFORM_ROLES):
-        jobs.append(transforms_job)
-    run_jobs(jobs, threads)
+    staged = []
+    try:
+        for role in sorted(image_roles, key=lambda r: order.get(r, 9)):
+            if paths[role].lower().endswith(".nii.gz"):
+                staged.append(stage_image(image(role), paths[role], inputs=inputs, caller=caller))
+            else:
+                write_image(image(role), paths[role], inputs=inputs, caller=caller)
+        jobs = [item.finish for item in staged]
+        if any(role in items for role in _TRANSFORM_ROLES):
+            jobs.append(transforms_job)
+        run_jobs(jobs, threads)
+    finally:
+        for item in staged:
+            item.abort()
     if "qc" in items:
         items["qc"](paths["qc"])
     return paths

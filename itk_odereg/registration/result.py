@@ -82,6 +82,9 @@ class Registration:
     loss_history: tuple = field(default=(), repr=False)
     timings: Mapping[str, float] = field(default_factory=dict)
 
+    #: target voxels resampled at a time by :meth:`inverse_warp` (bounds its temporary memory)
+    CHUNK_POINTS = 1 << 16
+
     def __post_init__(self) -> None:
         for name in ("affine_matrix", "affine_translation"):
             array = np.array(getattr(self, name), dtype=np.float64)
@@ -157,17 +160,20 @@ class Registration:
         mapped += torch.from_numpy(total.reshape(-1, self.ndim)).to(device)
         return sample_at_points(image.to(device), grid, mapped, self.fixed_grid.shape)
 
-    def inverse_points(self, target: ImageGrid) -> torch.Tensor:
-        """``T^-1(q)`` for every voxel ``q`` of ``target``: float64 ``[P, d]`` LPS mm (fixed space)."""
-        device = self.displacement.device
-        inv_A = np.linalg.inv(self.affine_matrix)
-        q = torch.as_tensor(target.world_points().reshape(-1, self.ndim), dtype=torch.float64, device=device)
-        t = torch.tensor(np.array(self.affine_translation), device=device)
-        r = (q - t) @ torch.as_tensor(inv_A.T.copy(), device=device)
-        del q
-        inverse = torch.from_numpy(np.moveaxis(self.inverse_displacement_mm, -1, 0)[None].copy()).to(device)
-        r += sample_at_points(inverse, self.fixed_grid, r, target.shape).reshape(self.ndim, -1).T
+    def inverse_points(self, points: torch.Tensor) -> torch.Tensor:
+        """``T^-1(q)`` for moving-space points ``q`` ``[P, d]`` (float64, LPS mm): fixed-space points ``[P, d]``."""
+        device = points.device
+        inv_A = torch.tensor(np.linalg.inv(self.affine_matrix).T.copy(), device=device)
+        r = (points - torch.tensor(np.array(self.affine_translation), device=device)) @ inv_A
+        flat = (1,) * (self.ndim - 1) + (points.shape[0],)
+        r += sample_at_points(self._inverse_field_channels, self.fixed_grid, r, flat).reshape(self.ndim, -1).T
         return r
+
+    @cached_property
+    def _inverse_field_channels(self) -> torch.Tensor:
+        # the inverse field as a [1, d, *shape] float64 image of LPS mm components, for sampling
+        return torch.from_numpy(np.moveaxis(self.inverse_displacement_mm, -1, 0)[None].copy()).to(
+            self.displacement.device)
 
     def inverse_warp(self, image: torch.Tensor, grid: Optional[ImageGrid] = None,
                      target: Optional[ImageGrid] = None) -> torch.Tensor:
@@ -180,5 +186,15 @@ class Registration:
         """
         grid = self.fixed_grid if grid is None else grid
         target = self.moving_grid if target is None else target
-        points = self.inverse_points(target)
-        return sample_at_points(image.to(points.device), grid, points, target.shape)
+        device = self.displacement.device
+        image = image.to(device)
+        world = target.world_points().reshape(-1, self.ndim)
+        out = torch.empty((1, image.shape[1], world.shape[0]), dtype=image.dtype, device=device)
+        # In chunks of target voxels: the float64 point arrays of a whole image would otherwise
+        # raise the peak memory of the output stage by several times the image's size.
+        for start in range(0, world.shape[0], self.CHUNK_POINTS):
+            q = torch.from_numpy(world[start:start + self.CHUNK_POINTS]).to(device)
+            flat = (1,) * (self.ndim - 1) + (q.shape[0],)
+            values = sample_at_points(image, grid, self.inverse_points(q), flat)
+            out[:, :, start:start + q.shape[0]] = values.reshape(1, image.shape[1], -1)
+        return out.view(1, image.shape[1], *target.shape)
