@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from ._common import CLIError, PROG, _resolution, _sitk_message
 from ._train_export import _cmd_export, _cmd_train
@@ -119,7 +119,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="{register,apply,train,export}")
     sub.required = True
+    _add_register_command(sub, common)
+    _add_apply_command(sub, common)
+    _add_train_command(sub, common)
+    _add_export_command(sub, common)
+    return parser
 
+
+def _add_register_command(sub: Any, common: argparse.ArgumentParser) -> None:
+    """The ``register`` command's options."""
     reg = sub.add_parser(
         "register", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
         help="register a moving image to a fixed image (affine + NODEO)",
@@ -162,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     reg.set_defaults(func=_cmd_register)
 
+
+def _add_apply_command(sub: Any, common: argparse.ArgumentParser) -> None:
+    """The ``apply`` command's options."""
     app = sub.add_parser(
         "apply", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
         help="resample an image through transforms (antsApplyTransforms order)",
@@ -181,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     app.add_argument("--default-value", type=float, default=0.0, help="value outside the input (default 0)")
     app.set_defaults(func=_cmd_apply)
 
+
+def _add_train_command(sub: Any, common: argparse.ArgumentParser) -> None:
+    """The ``train`` command's options."""
     trn = sub.add_parser(
         "train", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
         help="train an MS-ODENet model on brain label maps",
@@ -210,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     trn.add_argument("--restart", action="store_true", help="ignore an existing checkpoint instead of resuming")
     trn.set_defaults(func=_cmd_train)
 
+
+def _add_export_command(sub: Any, common: argparse.ArgumentParser) -> None:
+    """The ``export`` command's options."""
     exp = sub.add_parser(
         "export", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
         help="export an MS-ODENet model to TorchScript or torch.export",
@@ -226,7 +243,6 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--shape", type=int, nargs=3, default=None, metavar=("D", "H", "W"),
                      help="example input size for torch.export (.pt2; default: the model's training box)")
     exp.set_defaults(func=_cmd_export)
-    return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
