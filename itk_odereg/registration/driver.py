@@ -93,7 +93,7 @@ def register(
     """
     start = time.perf_counter()
     options = RegistrationOptions.create(
-        "register()", method=method, metric=metric, affine=affine, device=str(device) if device is not None else None,
+        "register()", method=method, metric=metric, affine=affine, device=device,
         iterations=iterations, steps=steps, seed=seed, resolution_mm=resolution_mm, nodeo=nodeo,
         affine_settings=affine_settings, model=model)
     return register_loaded(load_image(fixed, "fixed", "register()"), load_image(moving, "moving", "register()"),

@@ -9,7 +9,7 @@ with the same message everywhere, labelled with the caller's name.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Optional
 
 from ..losses import METRICS
@@ -17,7 +17,7 @@ from .affine import AffineSettings
 from .nodeo import NODEOSettings
 from .stages import AFFINE_MODES, DEFORMABLE_STAGES
 
-__all__ = ["Option", "OPTIONS", "RegistrationOptions", "option_by_name"]
+__all__ = ["Option", "OPTIONS", "RegistrationOptions"]
 
 
 # ---------------------------------------------------------------------------- checks
@@ -160,11 +160,6 @@ OPTIONS: tuple[Option, ...] = (
 _BY_KEY = {option.key: option for option in OPTIONS}
 
 
-def option_by_name(name: str) -> Option:
-    """The option with keyword ``name`` (KeyError otherwise)."""
-    return _BY_KEY[name]
-
-
 @dataclass(frozen=True)
 class RegistrationOptions:
     """Checked options of one registration (see :data:`OPTIONS` for each field's meaning and default)."""
@@ -196,13 +191,6 @@ class RegistrationOptions:
         options = cls(**checked)
         options._check_consistency(caller)
         return options
-
-    def replace(self, caller: str = "register()", **values: Any) -> "RegistrationOptions":
-        """A copy with ``values`` changed, checked as :meth:`create` checks."""
-        return RegistrationOptions.create(caller, **{**self.as_dict(), **values})
-
-    def as_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def _check_consistency(self, caller: str) -> None:
         levels = (self.nodeo or NODEOSettings()).levels
