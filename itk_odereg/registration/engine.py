@@ -27,7 +27,7 @@ from ..core.image import LoadedImage, check_registrable
 from ..core.intensity import normalize_intensity
 from .options import RegistrationOptions
 from .progress import ProgressReporter
-from .pyramid import downsample_image, pyramid_level, resample_to_shape
+from .pyramid import PyramidLevel, downsample_image, resample_to_shape
 from .result import Registration, sample_at_points
 from .stages import STAGES, StageProblem
 
@@ -60,8 +60,8 @@ def working_grid(grid: ImageGrid, resolution_mm: Optional[float]):
     if resolution_mm is None or resolution_mm <= min(grid.spacing):
         return grid, None
     factor = resolution_mm / min(grid.spacing)
-    level = pyramid_level(grid.shape, grid.spacing[::-1], factor)
-    return grid.corner_aligned(factor), level
+    work = grid.corner_aligned(factor)
+    return work, PyramidLevel(float(factor), work.shape, tuple(float(h) for h in work.spacing[::-1]))
 
 
 def _world_points(grid: ImageGrid, device) -> torch.Tensor:
