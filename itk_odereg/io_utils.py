@@ -85,6 +85,20 @@ def check_not_inputs(outputs: Iterable[PathLike], inputs: Iterable[Any], caller:
                 raise ValueError(f"{caller}: refusing to overwrite input file '{inp}' (output '{out_s}')")
 
 
+def _check_destination(path: PathLike, inputs: Iterable[Any], caller: str) -> tuple[str, str]:
+    """(destination, its directory) after the checks every writer makes before writing anything."""
+    dest = os.fspath(path)
+    if not isinstance(dest, str) or dest == "":
+        raise ValueError(f"{caller}: output path must be a non-empty str or os.PathLike, got {path!r}")
+    check_not_inputs([dest], inputs, caller)
+    directory = os.path.dirname(os.path.abspath(dest))
+    if not os.path.isdir(directory):
+        raise ValueError(f"{caller}: output directory does not exist: '{directory}' (for '{dest}')")
+    if os.path.isdir(dest):
+        raise ValueError(f"{caller}: output path is a directory: '{dest}'")
+    return dest, directory
+
+
 def atomic_write(
     path: PathLike,
     writer: Callable[[str], Any],
@@ -115,15 +129,7 @@ def atomic_write(
             directory does not exist.
         Exception: whatever ``writer`` raises (after cleanup).
     """
-    dest = os.fspath(path)
-    if not isinstance(dest, str) or dest == "":
-        raise ValueError(f"{caller}: output path must be a non-empty str or os.PathLike, got {path!r}")
-    check_not_inputs([dest], inputs, caller)
-    directory = os.path.dirname(os.path.abspath(dest))
-    if not os.path.isdir(directory):
-        raise ValueError(f"{caller}: output directory does not exist: '{directory}' (for '{dest}')")
-    if os.path.isdir(dest):
-        raise ValueError(f"{caller}: output path is a directory: '{dest}'")
+    dest, directory = _check_destination(path, inputs, caller)
     stem, ext = split_extension(dest)
     tmp = os.path.join(directory, f".{stem}.tmp-{uuid.uuid4().hex[:12]}{ext}")
     try:
@@ -189,18 +195,7 @@ def write_image(
         return atomic_write(dest, lambda tmp: sitk.WriteImage(image, tmp, useCompression=True, compressionLevel=level),
                             inputs=inputs, caller=caller)
 
-    def writer(tmp: str) -> None:
-        raw = tmp[: -len(".gz")]   # ".<stem>.tmp-<random>.nii": hidden, unique, in the same directory
-        try:
-            sitk.WriteImage(image, raw, useCompression=False)
-            _gzip_file(raw, tmp, level)
-        finally:
-            try:
-                os.remove(raw)
-            except OSError:
-                pass
-
-    return atomic_write(dest, writer, inputs=inputs, caller=caller)
+    return stage_image(image, dest, compression_level=level, inputs=inputs, caller=caller).finish()
 
 
 class StagedImage:
@@ -258,10 +253,7 @@ def stage_image(
     if not 0 <= level <= 9:
         raise ValueError(f"{caller}: 'compression_level' must be 0..9, got {compression_level!r}")
     inputs = list(inputs)
-    check_not_inputs([dest], inputs, caller)
-    directory = os.path.dirname(os.path.abspath(dest))
-    if not os.path.isdir(directory):
-        raise ValueError(f"{caller}: output directory does not exist: '{directory}' (for '{dest}')")
+    dest, directory = _check_destination(dest, inputs, caller)
     stem, _ = split_extension(dest)
     raw = os.path.join(directory, f".{stem}.tmp-{uuid.uuid4().hex[:12]}.nii")
     try:
