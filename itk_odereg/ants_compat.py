@@ -45,7 +45,6 @@ import tempfile
 from typing import Any, Optional
 
 from .core.image import LoadedImage, load_image
-from .io_utils import check_not_inputs
 
 __all__ = ["ants_registration", "TYPE_OF_TRANSFORM", "ANTS_METRICS", "is_ants_image"]
 
@@ -144,7 +143,7 @@ def ants_registration(
         RuntimeError: ``device="cuda"`` without a CUDA device.
     """
     from .adapters import sitk as sitk_adapter
-    from .adapters.ants import ANTS_FILE_NAMES, write_registration
+    from .adapters.ants import check_output_prefix, write_registration
     from .core.image import tensor_to_sitk
     from .registration.engine import register_images
     from .registration.options import RegistrationOptions
@@ -162,7 +161,7 @@ def ants_registration(
         if key not in _REGISTER_KEYWORDS:
             raise TypeError(f"{caller}: unexpected keyword argument '{key}'. "
                             f"Accepted: {sorted(_REGISTER_KEYWORDS + tuple(_ANTS_ALIASES))}")
-        values[key] = str(value) if key == "device" and value is not None else value
+        values[key] = value
     affine_mode, method = TYPE_OF_TRANSFORM[type_of_transform]
     options = RegistrationOptions.create(caller, metric=ANTS_METRICS[metric_key], affine=affine_mode, method=method,
                                          **values)
@@ -173,10 +172,8 @@ def ants_registration(
 
     prefix = _default_prefix() if outprefix is None else os.fspath(outprefix)
     roles = ("affine", "warp", "inverse_warp") if method != "none" else ("affine",)
-    check_not_inputs([prefix + ANTS_FILE_NAMES[role] for role in roles], [fixed, moving], caller)
-    directory = os.path.dirname(os.path.abspath(prefix + "x"))
-    if not os.path.isdir(directory):
-        raise ValueError(f"{caller}: the directory of outprefix does not exist: '{directory}'")
+    # before the registration, so that a bad prefix fails at once
+    check_output_prefix(prefix, roles, [fixed, moving], caller, directory_label="the directory of outprefix")
 
     registration = register_images(fixed_in, moving_in, options, progress=bool(verbose), caller=caller)
     paths = write_registration(registration, prefix, roles=roles, inputs=[fixed, moving], threads=1, caller=caller)

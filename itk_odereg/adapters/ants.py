@@ -40,6 +40,7 @@ __all__ = [
     "ANTS_INVERSE_WHICHTOINVERT",
     "AntsTransformFiles",
     "ants_output_paths",
+    "check_output_prefix",
     "write_ants_files",
     "write_ants_transforms",
     "write_registration",
@@ -71,6 +72,22 @@ def ants_output_paths(prefix: str, roles: Iterable[str] = _DEFAULT_ROLES) -> dic
     if unknown:
         raise ValueError(f"ants_output_paths(): unknown output role(s) {unknown}. Must be among {list(ANTS_FILE_NAMES)}")
     return {role: os.fspath(prefix) + ANTS_FILE_NAMES[role] for role in roles}
+
+
+def check_output_prefix(prefix: PathLike, roles: Iterable[str], inputs: Sequence[Any], caller: str,
+                        directory_label: str = "the output directory") -> dict[str, str]:
+    """The paths of ``roles`` under ``prefix``, after the checks made before anything is written.
+
+    Raises:
+        ValueError: an output that is one of ``inputs`` (symbolic and hard links resolved), or
+            the prefix's directory (named ``directory_label`` in the message) does not exist.
+    """
+    paths = ants_output_paths(os.fspath(prefix), roles)
+    check_not_inputs(paths.values(), inputs, caller)
+    directory = os.path.dirname(os.path.abspath(os.fspath(prefix) + "x"))
+    if not os.path.isdir(directory):
+        raise ValueError(f"{caller}: {directory_label} does not exist: '{directory}'")
+    return paths
 
 
 def run_jobs(jobs: Sequence[Callable[[], Any]], threads: Optional[int]) -> None:
@@ -115,11 +132,7 @@ def write_ants_files(
     """
     import SimpleITK as sitk
 
-    paths = ants_output_paths(os.fspath(prefix), items)
-    check_not_inputs(paths.values(), inputs, caller)
-    directory = os.path.dirname(os.path.abspath(os.fspath(prefix) + "x"))
-    if not os.path.isdir(directory):
-        raise ValueError(f"{caller}: the output directory does not exist: '{directory}'")
+    paths = check_output_prefix(prefix, items, inputs, caller)
 
     def resolved(role: str) -> Any:
         value = items[role]
@@ -197,15 +210,10 @@ def write_registration(
                               ("qc", moving, "moving"), ("qc", fixed, "fixed")):
         if role in roles and image is None:
             raise ValueError(f"{caller}: the '{role}' output needs the {name} image as loaded ('{name}=')")
-    state: dict = {}
-
-    def warped_tensor() -> torch.Tensor:
-        if "warped" not in state:
-            state["warped"] = warped if warped is not None else reg.warp(moving.tensor, moving.grid)
-        return state["warped"]
-
+    if warped is None and ("warped" in roles or "qc" in roles):
+        warped = reg.warp(moving.tensor, moving.grid)   # once, before the writer threads share it
     makers: dict[str, Any] = {
-        "warped": lambda: sitk_adapter.image(warped_tensor(), reg),
+        "warped": lambda: sitk_adapter.image(warped, reg),
         "inverse_warped": lambda: _image_on(reg.inverse_warp(fixed.tensor, fixed.grid), reg.moving_grid),
         "affine": lambda: _affine_transform(reg),
         "warp": lambda: sitk_adapter.field_image(reg.displacement_mm, reg),
@@ -217,9 +225,7 @@ def write_registration(
     if "qc" in roles:
         from ..qc import registration_qc_figure
 
-        makers["qc"] = lambda path: registration_qc_figure(reg, fixed, moving, warped_tensor(), path, inputs=inputs)
-    if "warped" in roles or "qc" in roles:
-        warped_tensor()   # once, before the writer threads share it
+        makers["qc"] = lambda path: registration_qc_figure(reg, fixed, moving, warped, path, inputs=inputs)
     return write_ants_files(prefix, {role: makers[role] for role in roles}, inputs=inputs, threads=threads,
                             caller=caller)
 
@@ -323,15 +329,11 @@ def write_ants_transforms(
     caller = "write_ants_transforms()"
     warp_img = _as_field_image(warp_field_image, "warp_field_image", None, caller)
     d = warp_img.GetDimension()
-    items: dict[str, Any] = {"affine": None, "warp": warp_img}
+    items: dict[str, Any] = {"warp": warp_img}
     if inverse_warp_field_image is not None:
         items["inverse_warp"] = _as_field_image(inverse_warp_field_image, "inverse_warp_field_image", d, caller)
-    aff = to_sitk_affine(affine, d, caller)
-    if aff.GetDimension() != d:
-        raise ValueError(f"{caller}: 'affine' is {aff.GetDimension()}D but the warp is {d}D")
-    items["affine"] = aff
-    directory = os.path.dirname(os.path.abspath(os.fspath(prefix) + "x"))
-    if not os.path.isdir(directory):
-        raise ValueError(f"{caller}: output directory does not exist: '{directory}'")
+    items["affine"] = to_sitk_affine(affine, d, caller)
+    if items["affine"].GetDimension() != d:
+        raise ValueError(f"{caller}: 'affine' is {items['affine'].GetDimension()}D but the warp is {d}D")
     paths = write_ants_files(prefix, items, inputs=inputs, threads=1, caller=caller)
     return AntsTransformFiles.from_paths(paths)
