@@ -50,8 +50,6 @@ def _cmd_register(args: argparse.Namespace) -> int:
     _check_input_file(args.fixed, "fixed image (-f)")
     _check_input_file(args.moving, "moving image (-m)")
     _check_prefix(args.output)
-    if args.iterations is not None and not 1 <= len(args.iterations) <= 3:
-        raise CLIError(f"--iterations takes 1 to 3 values (coarse to fine), got {len(args.iterations)}")
     if args.resolution != "auto" and args.resolution < 0:
         raise CLIError(f"--resolution must be positive (mm), 0 for the fixed grid or auto, got {args.resolution}")
     if args.threads is not None and args.threads < 1:
