@@ -200,7 +200,7 @@ def registration_qc_figure(
     Returns:
         ``path`` as a str.
     """
-    from .registration.result import sample_at_points
+    from .core.sampling import sample_at_points
 
     grid = registration.fixed_grid
     A = torch.tensor(np.array(registration.affine_matrix))

@@ -188,36 +188,14 @@ def test_extent_center_and_references(geom):
     np.testing.assert_allclose(corners[-1], hi, atol=1e-12)
 
 
-@pytest.mark.parametrize("factor", [2, 3, 1.5, "per_axis"])
-def test_downsample_keeps_the_physical_box(geom, factor):
-    grid = ImageGrid(**geom)
-    f = (2, 1, 4)[: grid.ndim] if factor == "per_axis" else factor
-    low = grid.downsample(f)
-    fv = np.broadcast_to(np.asarray(f, float), (grid.ndim,))
-    expected_size = np.maximum(1, np.floor(np.array(grid.size) / fv + 0.5)).astype(int)
-    assert low.size == tuple(expected_size)
-    np.testing.assert_allclose(low.direction, grid.direction)
-    # box corners and centre, as SimpleITK computes them for the downsampled reference image
-    ref = low.to_sitk_reference()
-    np.testing.assert_allclose(ref.TransformContinuousIndexToPhysicalPoint([-0.5] * grid.ndim), grid.corners()[0], atol=1e-10)
-    np.testing.assert_allclose(
-        ref.TransformContinuousIndexToPhysicalPoint([n - 0.5 for n in low.size]), grid.corners()[-1], atol=1e-10
-    )
-    np.testing.assert_allclose(low.center, grid.center, atol=1e-10)
-    np.testing.assert_allclose(low.physical_extent, grid.physical_extent, atol=1e-10)
-    # where the factor divides the size, the spacing is exactly spacing * factor
-    divides = np.mod(np.array(grid.size), fv) == 0
-    np.testing.assert_allclose(low.spacing[divides], (grid.spacing * fv)[divides])
-
-
-def test_downsample_resampling_of_a_linear_ramp(geom):
+def test_corner_aligned_resampling_of_a_linear_ramp(geom):
     """sitk.Resample onto the coarse grid samples the same physical positions the grid reports."""
     grid = ImageGrid(**geom)
     coeff = np.array([0.3, -0.7, 0.2])[: grid.ndim]
     arr = (grid.world_points() @ coeff).astype(np.float64)
     img = sitk.GetImageFromArray(arr)
     grid.apply_to_sitk(img)
-    low = grid.downsample(2)
+    low = grid.corner_aligned(2)
     out = sitk.GetArrayFromImage(sitk.Resample(img, low.to_sitk_reference(sitk.sitkFloat64), sitk.Transform(), sitk.sitkLinear))
     expected = low.world_points() @ coeff
     # linear interpolation of a linear function is exact where all neighbours are inside
@@ -228,15 +206,6 @@ def test_downsample_resampling_of_a_linear_ramp(geom):
     )
     assert inside.sum() > 0
     np.testing.assert_allclose(out[inside], expected[inside], atol=1e-9)
-
-
-def test_downsample_identity_and_upsample():
-    grid = ImageGrid(**GEOMETRIES["3d"])
-    assert grid.downsample(1) == grid
-    up = grid.downsample(0.5)
-    assert up.size == tuple(2 * s for s in grid.size)
-    np.testing.assert_allclose(up.corners(), grid.corners(), atol=1e-10)
-    assert grid.resized(grid.size).allclose(grid, atol=1e-12)
 
 
 @pytest.mark.parametrize(
@@ -261,8 +230,6 @@ def test_validation_messages(kwargs, match):
 
 def test_other_call_site_errors():
     grid = ImageGrid((4, 5, 6))
-    with pytest.raises(ValueError, match=r"ImageGrid.downsample\(\) 'factor' must be positive"):
-        grid.downsample(0)
     with pytest.raises(TypeError, match=r"ImageGrid.from_sitk\(\) 'image' must be a SimpleITK.Image"):
         ImageGrid.from_sitk(np.zeros((3, 3)))
     with pytest.raises(ValueError, match=r"ImageGrid.from_sitk\(\) 'image' must be 2D or 3D, got 4D"):
@@ -300,7 +267,7 @@ def test_immutable_hashable_picklable():
 
 
 def test_corner_aligned_level_is_the_one_formula_of_derived_grids():
-    from itk_odereg.core.grid import corner_aligned_level
+    from itk_odereg.core.levels import corner_aligned_level
 
     # pyramid level: ceil((n - 1) / f) + 1 voxels, at least 2, singleton axes stay
     assert corner_aligned_level((81, 96, 1), (2.0, 2.0, 3.0), factor=2.0) == ((41, 49, 1), (4.0, 95 * 2.0 / 48, 3.0))

@@ -31,9 +31,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .levels import corner_aligned_level
 from .typing import Array, ArrayLike, ScalarOrTuple, Shape, Size
 
-__all__ = ["ALIGN_CORNERS", "Axes", "ImageGrid", "corner_aligned_level"]
+__all__ = ["ALIGN_CORNERS", "Axes", "ImageGrid"]
 
 #: Normalized coordinates follow ``align_corners=True``: -1 and +1 are the
 #: *centres* of the first and last voxels (not the outer edges of the image
@@ -42,63 +43,6 @@ __all__ = ["ALIGN_CORNERS", "Axes", "ImageGrid", "corner_aligned_level"]
 #: of voxel i. With it, a voxel displacement u maps to a normalized one by the
 #: plain scale ``2 / (size - 1)`` per axis, with no half-voxel offsets.
 ALIGN_CORNERS = True
-
-
-def corner_aligned_level(
-    shape: Sequence[int],
-    spacing_mm: Sequence[float],
-    *,
-    factor: float | None = None,
-    target_spacing_mm: float | None = None,
-    rounding: str = "ceil",
-    min_size: int = 2,
-    keep_singleton_axes: bool = True,
-) -> tuple[tuple[int, ...], tuple[float, ...]]:
-    """Size and spacing of a corner-aligned copy of a grid: the one formula every derived grid uses.
-
-    A corner-aligned grid spans the same voxel centres: its first and last centres coincide
-    with those of the original along every axis, so linear resampling between the two is
-    ``interpolate(..., align_corners=True)`` and exact for linear fields. Along an axis of
-    ``n`` voxels of spacing ``h`` (extent ``e = (n - 1) h`` between the outer centres) the
-    new size is ``r + 1`` voxels, ``r`` being ``(n - 1) / factor`` or ``e / target_spacing_mm``
-    rounded up (``rounding="ceil"``: never coarser than asked) or to the nearest integer
-    (``"round"``: the variant the shipped MS-ODENet models were trained with), at least
-    ``min_size``; the new spacing is ``e / (size - 1)``.
-
-    Used by the pyramid levels and working grid (factor, ceil, at least 2), the NODEO
-    velocity control grid (target spacing, ceil, at least 3, singleton axes included) and the
-    MS-ODENet model grid (target spacing, round, at least 8).
-
-    Args:
-        shape, spacing_mm: the original grid, any axis order (the result keeps it), mm.
-        factor: downsampling factor (>= 1), or
-        target_spacing_mm: the wanted spacing in mm (exactly one of the two).
-        rounding: ``"ceil"`` or ``"round"``.
-        min_size: the fewest voxels per axis.
-        keep_singleton_axes: an axis of one voxel stays one voxel (else it gets ``min_size``).
-
-    Returns:
-        (size per axis, spacing per axis in mm).
-    """
-    if (factor is None) == (target_spacing_mm is None):
-        raise ValueError("corner_aligned_level(): give exactly one of 'factor' and 'target_spacing_mm'")
-    if factor is not None and factor < 1:
-        raise ValueError(f"corner_aligned_level(): 'factor' must be >= 1, got {factor}")
-    if rounding not in ("ceil", "round"):
-        raise ValueError(f"corner_aligned_level(): 'rounding' must be 'ceil' or 'round', got {rounding!r}")
-    sizes, spacings = [], []
-    for n, h in zip(shape, spacing_mm):
-        if n <= 1 and keep_singleton_axes:
-            sizes.append(1)
-            spacings.append(h)
-            continue
-        extent = (n - 1) * h
-        ratio = (n - 1) / factor if factor is not None else extent / target_spacing_mm
-        size = max(min_size, (int(math.ceil(ratio)) if rounding == "ceil" else int(round(ratio))) + 1)
-        sizes.append(size)
-        fallback = h if factor is not None else target_spacing_mm
-        spacings.append(extent / (size - 1) if size > 1 and extent > 0 else fallback)
-    return tuple(sizes), tuple(spacings)
 
 
 class Axes(str, enum.Enum):
@@ -612,65 +556,8 @@ class ImageGrid:
         """The grid about ``factor`` (>= 1) times coarser whose outer voxel centres are this grid's.
 
         Origin and direction are kept; size and spacing follow :func:`corner_aligned_level`
-        (the pyramid levels and the working grid of the engine). Unlike :meth:`downsample`,
-        which keeps the outer voxel *edges*, this keeps the outer voxel *centres*.
+        (the pyramid levels and the working grid of the engine): the outer voxel *centres*
+        are kept, so the box shrinks by half a voxel of each grid at either end.
         """
         size, spacing = corner_aligned_level(self._size, self._spacing, factor=factor)
         return ImageGrid(size, spacing, self._origin, self._direction)
-
-    def resized(self, size: Sequence[int]) -> ImageGrid:
-        """The grid of ``size`` voxels that covers exactly the same physical box.
-
-        Convention (box-preserving): the image box, from the outer edge of the
-        first voxel to the outer edge of the last, is kept. With ``n`` old and
-        ``n'`` new voxels along an axis, ``spacing' = spacing * n / n'`` and
-        ``origin' = origin + direction @ ((spacing' - spacing) / 2)``, so
-        ``index_to_world(-0.5)`` and ``index_to_world(size - 0.5)`` are
-        unchanged and :attr:`center` is unchanged. Direction is unchanged.
-
-        Args:
-            size: new size, ITK order (x, y[, z]).
-
-        Returns:
-            ImageGrid.
-        """
-        new = np.asarray(size)
-        if new.shape != (self.ndim,) or np.any(new <= 0):
-            raise ValueError(f"ImageGrid.resized() 'size' must be {self.ndim} positive integers, got {size!r}")
-        n = np.asarray(self._size, dtype=np.float64)
-        spacing = self._spacing * n / new.astype(np.float64)
-        origin = self._origin + self._direction @ ((spacing - self._spacing) / 2.0)
-        return ImageGrid(tuple(int(v) for v in new), spacing, origin, self._direction)
-
-    def downsample(self, factor: ScalarOrTuple) -> ImageGrid:
-        """Grid of a pyramid level: about ``factor`` times coarser, same physical box.
-
-        New size ``n' = max(1, floor(n / factor + 0.5))`` per axis, then
-        :meth:`resized`: ``spacing' = spacing * n / n'`` (equal to
-        ``spacing * factor`` when ``factor`` divides ``n``) and the origin moves
-        by ``direction @ ((spacing' - spacing) / 2)``, so the box and the centre
-        are kept exactly.
-
-        This differs from ITK's ``MultiResolutionPyramidImageFilter``, which
-        uses ``floor(n / factor)`` voxels of exactly ``spacing * factor`` (same
-        origin shift), so its box shrinks when ``factor`` does not divide ``n``
-        (11 voxels at factor 2 give 5 voxels of 2 mm: a 10 mm box, not 11 mm).
-
-        Args:
-            factor: downsampling factor, one positive number or one per axis in
-                ITK order (x, y[, z]); 1 keeps the grid, values < 1 upsample.
-
-        Returns:
-            ImageGrid.
-
-        Raises:
-            ValueError: if a factor is not positive and finite.
-        """
-        f = _as_float_vector(factor, "factor", self.ndim, "ImageGrid.downsample()")
-        if np.any(f <= 0):
-            raise ValueError(f"ImageGrid.downsample() 'factor' must be positive, got {f.tolist()!r}")
-        n = np.asarray(self._size, dtype=np.float64)
-        new = np.maximum(1, np.floor(n / f + 0.5)).astype(np.int64)
-        if np.array_equal(new, np.asarray(self._size)):
-            return self
-        return self.resized(tuple(int(v) for v in new))

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ._geometry import _centred_points, _grid, level_shape, resize, rotation_angles, rotation_matrices
+from ..core.sampling import sample_normalized
 from ._features import _central_gradient
 
 
@@ -58,8 +59,7 @@ def _rotation_scores(fixed: torch.Tensor, moving: torch.Tensor, rotations: torch
         moved = (r @ points + shifts[start:start + chunk, :, None]) * to_unit.view(1, 3, 1)
         # grid_sample wants (x, y, z) = tensor axes (2, 1, 0), last.
         grid = moved.flip(1).transpose(1, 2).reshape(k, shape[0], shape[1], shape[2], 3)
-        sampled = F.grid_sample(moving_cues.expand(k, 2, shape[0], shape[1], shape[2]), grid, mode="bilinear",
-                                padding_mode="zeros", align_corners=True)
+        sampled = sample_normalized(moving_cues.expand(k, 2, shape[0], shape[1], shape[2]), grid, "zeros")
         scores.append((_standardized(sampled.reshape(k, 2, -1)) * target[None]).sum(-1).sum(1))
     return torch.cat(scores), shifts
 

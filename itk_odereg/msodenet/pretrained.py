@@ -16,7 +16,7 @@ from typing import Sequence
 
 import torch
 
-from ..core.grid import corner_aligned_level
+from ..core.levels import corner_aligned_level
 from ..ode.flow import invert_displacement
 from ._geometry import rescale_displacement, resize
 from .model import CascadeODENet, MSODENet

@@ -21,9 +21,9 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..losses import make_metric
+from ..core.sampling import sample_at_world_points
 from ..core.separable import gaussian_smooth
 from .adam import Adam
 from .convergence import record_iteration
@@ -95,17 +95,12 @@ class _Sampler:
 
     def __init__(self, moving: torch.Tensor, moving_world_to_index: torch.Tensor, points: torch.Tensor) -> None:
         self.moving = moving
-        self.ndim = moving.dim() - 2
         self.w2i = moving_world_to_index.to(moving.dtype)
         self.points = points  # [P, d] physical (x, y, z)
-        self.shape = moving.shape[2:]
 
     def __call__(self, matrix: torch.Tensor, translation: torch.Tensor, out_shape: Sequence[int]) -> torch.Tensor:
         world = self.points @ matrix.T + translation
-        index = world @ self.w2i[:-1, :-1].T + self.w2i[:-1, -1]  # torch order (z, y, x)
-        norm = [2 * index[:, d] / max(self.shape[d] - 1, 1) - 1 for d in range(self.ndim)]
-        grid = torch.stack(norm[::-1], dim=-1).view(1, *out_shape, self.ndim)
-        return F.grid_sample(self.moving, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+        return sample_at_world_points(self.moving, self.w2i, world, list(out_shape), outside="zeros")
 
 
 def _level_points(shape, spacing, index_to_world, target_spacing_mm, dtype, device):
@@ -116,6 +111,70 @@ def _level_points(shape, spacing, index_to_world, target_spacing_mm, dtype, devi
     index = torch.stack([g.reshape(-1) for g in grids], dim=1)
     world = index @ index_to_world[:-1, :-1].T + index_to_world[:-1, -1]
     return level, world.to(dtype=dtype, device=device)
+
+
+class _AffineParameters:
+    """The optimized parameters of ``T(p) = L (p - c) + c + t``, about the fixed centre of mass ``c``.
+
+    ``L = R(angles) (diag(exp(log_scale)) + upper(shear))``; the translation is held in units of
+    10 mm, so that one learning rate fits angles (radians) and shifts alike.
+    """
+
+    def __init__(self, center: torch.Tensor, shift: torch.Tensor, ndim: int) -> None:
+        dtype, device = center.dtype, center.device
+        self.ndim = ndim
+        self.center = center
+        self.angles = torch.zeros(1 if ndim == 2 else 3, dtype=dtype, device=device, requires_grad=True)
+        self.log_scale = torch.zeros(ndim, dtype=dtype, device=device)
+        self.shear = torch.zeros(ndim, ndim, dtype=dtype, device=device)
+        self.translation = (shift / 10.0).clone().requires_grad_(True)
+
+    def transform(self, angles: Optional[torch.Tensor] = None, with_affine: bool = False):
+        """(L, t') with ``T(p) = L p + t'``, LPS mm."""
+        linear = _rotation(self.angles if angles is None else angles, self.ndim)
+        if with_affine:
+            linear = linear @ (torch.diag(torch.exp(self.log_scale)) + torch.triu(self.shear, diagonal=1))
+        return linear, self.center - linear @ self.center + self.translation * 10.0
+
+    def trainable(self, stage: str) -> list:
+        if stage == "rigid":
+            return [self.angles, self.translation]
+        self.log_scale.requires_grad_(True)
+        self.shear.requires_grad_(True)
+        return [self.angles, self.translation, self.log_scale, self.shear]
+
+
+@torch.no_grad()
+def _search_rotation(params: _AffineParameters, metric, level_data, degrees: float) -> None:
+    """Start from the best of the rotations by 0 and +-``degrees`` about each axis, on the coarsest level."""
+    level, f_level, sampler = level_data
+    best = (math.inf, None)
+    for combo in itertools.product([0.0, degrees, -degrees], repeat=params.angles.numel()):
+        trial = torch.tensor([math.radians(a) for a in combo], dtype=params.center.dtype, device=params.center.device)
+        linear, t = params.transform(trial)
+        value = float(metric(f_level, sampler(linear, t, level.shape)))
+        if value < best[0]:
+            best = (value, trial)
+    params.angles = best[1].clone().requires_grad_(True)
+
+
+def _optimize_level(params: _AffineParameters, stage: str, metric, level_data, n_iter: int,
+                    settings: AffineSettings, history: list, progress) -> None:
+    """Up to ``n_iter`` Adam steps of one stage (rigid or affine) on one level."""
+    level, f_level, sampler = level_data
+    optimizer = Adam.of(params.trainable(stage), settings.learning_rate)
+    level_losses: list = []
+    for iteration in range(n_iter):
+        optimizer.zero_grad()
+        linear, t = params.transform(with_affine=stage == "affine")
+        loss = metric(f_level, sampler(linear, t, level.shape))
+        loss.backward()
+        optimizer.step()
+        record = {"stage": stage, "level_spacing_mm": level.spacing_mm, "iteration": iteration,
+                  "iterations": n_iter, "loss": float(loss.detach())}
+        if record_iteration(record, history, level_losses, settings.convergence_window,
+                            settings.convergence_threshold, progress):
+            break
 
 
 def affine_register(
@@ -155,20 +214,7 @@ def affine_register(
 
     center = center_of_mass(fixed.double(), f_i2w).to(dtype)
     shift = (center_of_mass(moving.double(), m_i2w).to(dtype) - center)
-    nrot = 1 if ndim == 2 else 3
-    angles = torch.zeros(nrot, dtype=dtype, device=device, requires_grad=True)
-    log_scale = torch.zeros(ndim, dtype=dtype, device=device)
-    shear = torch.zeros(ndim, ndim, dtype=dtype, device=device)
-    translation = (shift / 10.0).clone().requires_grad_(True)   # in units of 10 mm, so one lr fits all
-
-    def transform(angles, translation, linear_extra=None):
-        rot = _rotation(angles, ndim)
-        linear = rot if linear_extra is None else rot @ linear_extra
-        # Rotate about the fixed image's centre of mass: T(p) = L (p - c) + c + t.
-        t = center - linear @ center + translation * 10.0
-        return linear, t
-
-    history = []
+    params = _AffineParameters(center, shift, ndim)
     levels = []
     for spacing_mm in settings.level_spacings_mm:
         level, points = _level_points(list(fixed.shape[2:]), f_spacing, f_i2w, spacing_mm, dtype, device)
@@ -177,52 +223,17 @@ def affine_register(
         sampler = _Sampler(gaussian_smooth(moving, sigma_m), m_w2i.to(device), points)
         levels.append((level, f_level, sampler))
 
-    # Rotation search at the coarsest level, from the centre-of-mass start.
     if settings.search_degrees > 0:
-        level, f_level, sampler = levels[0]
-        candidates = [0.0, settings.search_degrees, -settings.search_degrees]
-        best = (math.inf, None)
-        with torch.no_grad():
-            for combo in itertools.product(candidates, repeat=nrot):
-                trial = torch.tensor([math.radians(a) for a in combo], dtype=dtype, device=device)
-                linear, t = transform(trial, translation)
-                value = float(metric(f_level, sampler(linear, t, level.shape)))
-                if value < best[0]:
-                    best = (value, trial)
-        angles = best[1].clone().requires_grad_(True)
-
+        _search_rotation(params, metric, levels[0], settings.search_degrees)
+    history: list = []
     for stage in settings.stages:
-        if stage == "affine":
-            log_scale.requires_grad_(True)
-            shear.requires_grad_(True)
-            params = [angles, translation, log_scale, shear]
-        elif stage == "rigid":
-            params = [angles, translation]
-        else:
+        if stage not in ("rigid", "affine"):
             raise ValueError(f'AffineSettings(): invalid stage "{stage}". Must be "rigid" or "affine"')
         iterations = settings.rigid_iterations if stage == "rigid" else settings.affine_iterations
-        for (level, f_level, sampler), n_iter in zip(levels, iterations):
-            optimizer = Adam.of(params, settings.learning_rate)
-            level_losses: list = []
-            for iteration in range(n_iter):
-                optimizer.zero_grad()
-                extra = None
-                if stage == "affine":
-                    extra = torch.diag(torch.exp(log_scale)) + torch.triu(shear, diagonal=1)
-                linear, t = transform(angles, translation, extra)
-                loss = metric(f_level, sampler(linear, t, level.shape))
-                loss.backward()
-                optimizer.step()
-                record = {"stage": stage, "level_spacing_mm": level.spacing_mm, "iteration": iteration,
-                          "iterations": n_iter, "loss": float(loss.detach())}
-                if record_iteration(record, history, level_losses, settings.convergence_window,
-                                    settings.convergence_threshold, progress):
-                    break
+        for level_data, n_iter in zip(levels, iterations):
+            _optimize_level(params, stage, metric, level_data, n_iter, settings, history, progress)
 
     with torch.no_grad():
-        extra = None
-        if "affine" in settings.stages:
-            extra = torch.diag(torch.exp(log_scale)) + torch.triu(shear, diagonal=1)
-        linear, t = transform(angles, translation, extra)
+        linear, t = params.transform(with_affine="affine" in settings.stages)
     return AffineResult(linear.double().cpu().numpy(), t.double().cpu().numpy(), history,
                         time.perf_counter() - start)

@@ -28,7 +28,8 @@ from ..core.intensity import normalize_intensity
 from .options import RegistrationOptions
 from .progress import ProgressReporter
 from .pyramid import PyramidLevel, downsample_image, resample_to_shape
-from .result import Registration, sample_at_points
+from ..core.sampling import sample_at_points
+from .result import Registration
 from .stages import STAGES, StageProblem
 
 __all__ = ["register_images", "working_resolution", "working_grid", "FINEST_AUTO_RESOLUTION_MM"]

@@ -18,7 +18,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from .. import ops
-from ..core.grid import corner_aligned_level
+from ..core.levels import corner_aligned_level
 from ..core.intensity import robust_range
 from ..losses import MILoss, make_metric
 from ..ode.flow import NeuralODEFlow, invert_displacement
@@ -200,68 +200,85 @@ def nodeo_register(
 
     for level_index, (factor, iterations) in enumerate(zip(settings.levels, settings.iterations)):
         level = pyramid_level(shape, spacing_mm, factor)
-        fixed_l = downsample_image(fixed, spacing_mm, level)
-        moving_l = downsample_image(moving, spacing_mm, level)
-        view = _per_axis(level.spacing_mm, fixed)
-        flow_level = _flow_level(level, control_spacing_mm)
-        flow_view = _per_axis(flow_level.spacing_mm, fixed)
         initial_l = None
         if initial_displacement is not None:
-            initial_l = resample_to_shape(initial_displacement * full_spacing, level.shape) / view
-        level_losses: list = []
-        for iteration in range(iterations):
-            optimizer.zero_grad()
-            u_mm, kinetic = flow(flow_level.shape, flow_level.spacing_mm)
-            u_vox = resample_to_shape(u_mm, level.shape) / view
-            sampled = u_vox if initial_l is None else u_vox + ops.warp(initial_l, u_vox, "border")
-            warped = ops.warp(moving_l, sampled, "zeros")
-            similarity = metric(fixed_l, warped)
-            # The penalties act on the flow's own grid, where the map is represented: on the
-            # level grid it is only the linear interpolation of it, and there they would cost
-            # two more full-resolution passes, forward and backward, per iteration.
-            u_flow = u_mm / flow_view
-            jacobian = ops.jacobian_penalty(u_flow, settings.jacobian_threshold)
-            smoothness = ops.diffusion_energy(u_flow, flow_level.spacing_mm)
-            loss = (
-                similarity
-                + settings.jacobian_weight * jacobian
-                + settings.smoothness_weight * smoothness
-                + settings.velocity_weight * kinetic
-            )
-            loss.backward()
-            optimizer.step()
-            record = {
-                "level": level_index,
-                "factor": factor,
-                "iteration": iteration,
-                "iterations": iterations,
-                "loss": float(loss.detach()),
-                "similarity": float(similarity.detach()),
-                "jacobian": float(jacobian.detach()),
-                "smoothness": float(smoothness.detach()),
-                "kinetic": float(kinetic.detach()),
-            }
-            if record_iteration(record, history, level_losses, settings.convergence_window,
-                                settings.convergence_threshold, progress):
-                break
+            level_spacing = _per_axis(level.spacing_mm, fixed)
+            initial_l = resample_to_shape(initial_displacement * full_spacing, level.shape) / level_spacing
+        _optimize_level(flow, optimizer, metric, settings, level, level_index, factor, iterations,
+                        downsample_image(fixed, spacing_mm, level), downsample_image(moving, spacing_mm, level),
+                        initial_l, control_spacing_mm, history, progress)
+    u_vox, inverse = _final_map(flow, settings, shape, spacing_mm, control_spacing_mm, full_spacing)
+    return NODEOResult(u_vox, inverse, history, time.perf_counter() - start, flow)
 
-    with torch.no_grad():
-        # The optimized velocity field, integrated with at least ``output_steps`` steps: a finer
-        # solution of the same ODE than the optimization needed, closer to its diffeomorphic limit.
-        # Measured (benchmarks/README.md): optimizing with 2 steps and returning 4 costs 2/3 of the
-        # time of 4 throughout and folds no voxel, but loses 0.1-0.3 Dice points on 6 pairs, so the
-        # default optimizes with 4.
-        flow.steps = max(settings.steps, settings.output_steps)
-        final = pyramid_level(shape, spacing_mm, 1.0)
-        flow_level = _flow_level(final, control_spacing_mm)
-        u_mm, _ = flow(flow_level.shape, flow_level.spacing_mm)
-        fields, _ = flow.velocity_history(flow_level.shape, flow_level.spacing_mm)
-        flow_view = _per_axis(flow_level.spacing_mm, fixed)
-        # Backward in time through the recorded fields gives a first inverse on
-        # the flow grid; fixed-point iterations on the full grid make it accurate.
-        w = torch.zeros_like(u_mm)
-        for v in reversed(fields):
-            w = w - ops.warp(v, w / flow_view, "border") / len(fields)
-        u_vox = resample_to_shape(u_mm, shape) / full_spacing
-        inverse = invert_displacement(u_vox, initial=resample_to_shape(w, shape) / full_spacing)
-    return NODEOResult(u_vox.detach(), inverse.detach(), history, time.perf_counter() - start, flow)
+
+def _optimize_level(flow, optimizer, metric, settings: NODEOSettings, level, level_index: int, factor: float,
+                    iterations: int, fixed_l: torch.Tensor, moving_l: torch.Tensor,
+                    initial_l: Optional[torch.Tensor], control_spacing_mm: float, history: list,
+                    progress: Optional[Callable[[dict], None]]) -> None:
+    """Up to ``iterations`` Adam steps on one pyramid level (fewer once the convergence window is met)."""
+    view = _per_axis(level.spacing_mm, fixed_l)
+    flow_level = _flow_level(level, control_spacing_mm)
+    flow_view = _per_axis(flow_level.spacing_mm, fixed_l)
+    level_losses: list = []
+    for iteration in range(iterations):
+        optimizer.zero_grad()
+        u_mm, kinetic = flow(flow_level.shape, flow_level.spacing_mm)
+        u_vox = resample_to_shape(u_mm, level.shape) / view
+        sampled = u_vox if initial_l is None else u_vox + ops.warp(initial_l, u_vox, "border")
+        warped = ops.warp(moving_l, sampled, "zeros")
+        similarity = metric(fixed_l, warped)
+        # The penalties act on the flow's own grid, where the map is represented: on the
+        # level grid it is only the linear interpolation of it, and there they would cost
+        # two more full-resolution passes, forward and backward, per iteration.
+        u_flow = u_mm / flow_view
+        jacobian = ops.jacobian_penalty(u_flow, settings.jacobian_threshold)
+        smoothness = ops.diffusion_energy(u_flow, flow_level.spacing_mm)
+        loss = (
+            similarity
+            + settings.jacobian_weight * jacobian
+            + settings.smoothness_weight * smoothness
+            + settings.velocity_weight * kinetic
+        )
+        loss.backward()
+        optimizer.step()
+        record = {
+            "level": level_index,
+            "factor": factor,
+            "iteration": iteration,
+            "iterations": iterations,
+            "loss": float(loss.detach()),
+            "similarity": float(similarity.detach()),
+            "jacobian": float(jacobian.detach()),
+            "smoothness": float(smoothness.detach()),
+            "kinetic": float(kinetic.detach()),
+        }
+        if record_iteration(record, history, level_losses, settings.convergence_window,
+                            settings.convergence_threshold, progress):
+            break
+
+
+@torch.no_grad()
+def _final_map(flow, settings: NODEOSettings, shape, spacing_mm, control_spacing_mm: float,
+               full_spacing: torch.Tensor) -> tuple:
+    """(u, its inverse), voxels of the full grid, of the optimized flow.
+
+    The optimized velocity field is integrated with at least ``output_steps`` steps: a finer
+    solution of the same ODE than the optimization needed, closer to its diffeomorphic limit.
+    Measured (benchmarks/README.md): optimizing with 2 steps and returning 4 costs 2/3 of the
+    time of 4 throughout and folds no voxel, but loses 0.1-0.3 Dice points on 6 pairs, so the
+    default optimizes with 4.
+    """
+    flow.steps = max(settings.steps, settings.output_steps)
+    final = pyramid_level(shape, spacing_mm, 1.0)
+    flow_level = _flow_level(final, control_spacing_mm)
+    u_mm, _ = flow(flow_level.shape, flow_level.spacing_mm)
+    fields, _ = flow.velocity_history(flow_level.shape, flow_level.spacing_mm)
+    flow_view = _per_axis(flow_level.spacing_mm, full_spacing)
+    # Backward in time through the recorded fields gives a first inverse on
+    # the flow grid; fixed-point iterations on the full grid make it accurate.
+    w = torch.zeros_like(u_mm)
+    for v in reversed(fields):
+        w = w - ops.warp(v, w / flow_view, "border") / len(fields)
+    u_vox = resample_to_shape(u_mm, shape) / full_spacing
+    inverse = invert_displacement(u_vox, initial=resample_to_shape(w, shape) / full_spacing)
+    return u_vox.detach(), inverse.detach()

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import torch
 
-from ..core.grid import corner_aligned_level
+from ..core.levels import corner_aligned_level
 from ..core.separable import apply_separable, compose, gaussian_matrices, resample_linear, resampling_matrices
 
 __all__ = ["PyramidLevel", "pyramid_level", "resample_to_shape", "downsample_image"]

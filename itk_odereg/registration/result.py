@@ -27,35 +27,13 @@ from typing import Mapping, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .. import ops
 from ..core.grid import ImageGrid
+from ..core.sampling import sample_at_points
 from ..transforms import voxel_displacement_to_physical
 
-__all__ = ["Registration", "sample_at_points"]
-
-
-def sample_at_points(image: torch.Tensor, grid: ImageGrid, world: torch.Tensor, out_shape) -> torch.Tensor:
-    """Linear samples of ``image`` ``[1, C, *grid.shape]`` at physical points ``world`` ``[P, d]`` (x, y, z; LPS mm).
-
-    Follows ITK's ``LinearInterpolateImageFunction`` as ``sitk.Resample`` uses it with
-    default value 0, and ITK's ``DisplacementFieldTransform``, which gives no displacement
-    outside its field: a point is inside when its continuous index lies in
-    ``[-0.5, size - 0.5]`` on every axis; between the outermost voxel centre and that edge
-    the edge value is repeated; outside, the value is 0. Returns ``[1, C, *out_shape]``.
-    """
-    ndim = grid.ndim
-    w2v = torch.as_tensor(grid.world_to_voxel_matrix_torch_order(), dtype=world.dtype, device=world.device)
-    index = world @ w2v[:-1, :-1].T + w2v[:-1, -1]
-    shape = grid.shape
-    norm = [2 * index[:, d] / max(shape[d] - 1, 1) - 1 for d in range(ndim)]
-    sample_grid = torch.stack(norm[::-1], -1).view(1, *out_shape, ndim).to(image.dtype)
-    values = F.grid_sample(image, sample_grid, mode="bilinear", padding_mode="border", align_corners=True)
-    inside = torch.ones(index.shape[0], dtype=torch.bool, device=index.device)
-    for d in range(ndim):
-        inside &= (index[:, d] >= -0.5) & (index[:, d] <= shape[d] - 0.5)
-    return values * inside.view(1, 1, *out_shape).to(values.dtype)
+__all__ = ["Registration"]
 
 
 @dataclass(frozen=True, eq=False)
