@@ -96,6 +96,55 @@ def _default_prefix() -> str:
     return os.path.join(tempfile.mkdtemp(prefix="itk_odereg_"), "")
 
 
+def _registration_options(type_of_transform: str, metric: str, kwargs: dict, caller: str):
+    """(RegistrationOptions, deformable method) of :func:`ants_registration`'s arguments.
+
+    Checks ``type_of_transform``, then ``metric`` (ours or ANTs' names, any case), then the
+    keyword arguments (ANTs' aliases such as ``random_seed`` renamed to ours).
+    """
+    from .registration.options import RegistrationOptions
+
+    if type_of_transform not in TYPE_OF_TRANSFORM:
+        raise ValueError(f'{caller}: invalid type_of_transform "{type_of_transform}". '
+                         f"Must be one of {list(TYPE_OF_TRANSFORM)}")
+    metric_key = str(metric).lower()
+    if metric_key not in ANTS_METRICS:
+        raise ValueError(f'{caller}: invalid metric "{metric}". Must be one of {sorted(ANTS_METRICS)}')
+    values: dict = {}
+    for key, value in kwargs.items():
+        key = _ANTS_ALIASES.get(key, key)
+        if key not in _REGISTER_KEYWORDS:
+            raise TypeError(f"{caller}: unexpected keyword argument '{key}'. "
+                            f"Accepted: {sorted(_REGISTER_KEYWORDS + tuple(_ANTS_ALIASES))}")
+        values[key] = value
+    affine_mode, method = TYPE_OF_TRANSFORM[type_of_transform]
+    options = RegistrationOptions.create(caller, metric=ANTS_METRICS[metric_key], affine=affine_mode, method=method,
+                                         **values)
+    return options, method
+
+
+def _ants_outputs(registration, fixed_in: LoadedImage, moving_in: LoadedImage, paths: dict, deformable: bool,
+                  want_ants: bool) -> dict:
+    """The dictionary ``ants.registration`` returns: both warped images (linear; ANTsImage when
+    ``want_ants``, else SimpleITK float32) and the transform lists in ANTs' order (last listed
+    applied to the image first; see the module docstring), from the written ``paths`` by role."""
+    from .adapters import sitk as sitk_adapter
+    from .core.image import tensor_to_sitk
+
+    if deformable:
+        fwd, inv = [paths["warp"], paths["affine"]], [paths["affine"], paths["inverse_warp"]]
+    else:
+        fwd, inv = [paths["affine"]], [paths["affine"]]
+    warped_moving = sitk_adapter.image(registration.warp(moving_in.tensor, moving_in.grid), registration)
+    warped_fixed = tensor_to_sitk(registration.inverse_warp(fixed_in.tensor, fixed_in.grid).cpu(), moving_in.grid)
+    return {
+        "warpedmovout": _to_output(warped_moving, want_ants),
+        "warpedfixout": _to_output(warped_fixed, want_ants),
+        "fwdtransforms": list(fwd),
+        "invtransforms": list(inv),
+    }
+
+
 def ants_registration(
     fixed: Any,
     moving: Any,
@@ -142,31 +191,11 @@ def ants_registration(
         TypeError: unknown keyword arguments.
         RuntimeError: ``device="cuda"`` without a CUDA device.
     """
-    from .adapters import sitk as sitk_adapter
     from .adapters.ants import check_output_prefix, write_registration
-    from .core.image import tensor_to_sitk
     from .registration.engine import register_images
-    from .registration.options import RegistrationOptions
 
     caller = "ants_registration()"
-    if type_of_transform not in TYPE_OF_TRANSFORM:
-        raise ValueError(f'{caller}: invalid type_of_transform "{type_of_transform}". '
-                         f"Must be one of {list(TYPE_OF_TRANSFORM)}")
-    metric_key = str(metric).lower()
-    if metric_key not in ANTS_METRICS:
-        raise ValueError(f'{caller}: invalid metric "{metric}". Must be one of {sorted(ANTS_METRICS)}')
-    values: dict = {}
-    for key, value in kwargs.items():
-        key = _ANTS_ALIASES.get(key, key)
-        if key not in _REGISTER_KEYWORDS:
-            raise TypeError(f"{caller}: unexpected keyword argument '{key}'. "
-                            f"Accepted: {sorted(_REGISTER_KEYWORDS + tuple(_ANTS_ALIASES))}")
-        values[key] = value
-    affine_mode, method = TYPE_OF_TRANSFORM[type_of_transform]
-    options = RegistrationOptions.create(caller, metric=ANTS_METRICS[metric_key], affine=affine_mode, method=method,
-                                         **values)
-
-    want_ants = is_ants_image(fixed) or is_ants_image(moving)
+    options, method = _registration_options(type_of_transform, metric, kwargs, caller)
     fixed_in = _load(fixed, "fixed", caller)
     moving_in = _load(moving, "moving", caller)
 
@@ -177,15 +206,5 @@ def ants_registration(
 
     registration = register_images(fixed_in, moving_in, options, progress=bool(verbose), caller=caller)
     paths = write_registration(registration, prefix, roles=roles, inputs=[fixed, moving], threads=1, caller=caller)
-    if method != "none":
-        fwd, inv = [paths["warp"], paths["affine"]], [paths["affine"], paths["inverse_warp"]]
-    else:
-        fwd, inv = [paths["affine"]], [paths["affine"]]
-    warped_moving = sitk_adapter.image(registration.warp(moving_in.tensor, moving_in.grid), registration)
-    warped_fixed = tensor_to_sitk(registration.inverse_warp(fixed_in.tensor, fixed_in.grid).cpu(), moving_in.grid)
-    return {
-        "warpedmovout": _to_output(warped_moving, want_ants),
-        "warpedfixout": _to_output(warped_fixed, want_ants),
-        "fwdtransforms": list(fwd),
-        "invtransforms": list(inv),
-    }
+    return _ants_outputs(registration, fixed_in, moving_in, paths, method != "none",
+                         is_ants_image(fixed) or is_ants_image(moving))

@@ -21,17 +21,46 @@ from typing import Optional, Sequence
 
 import torch
 
-__all__ = ["gaussian_matrix", "linear_resampling_matrix", "apply_separable", "gaussian_smooth", "resample_linear"]
+__all__ = ["gaussian_kernel", "gaussian_matrix", "linear_resampling_matrix", "apply_separable", "gaussian_smooth", "resample_linear"]
+
+
+def gaussian_kernel(sigma: float, radius: int, dtype: torch.dtype = torch.float32, normalize: bool = True,
+                    max_exponent: Optional[float] = None) -> torch.Tensor:
+    """[2 radius + 1] sampled Gaussian ``exp(-x^2 / (2 sigma^2))`` at the integer offsets
+    ``x = -radius .. radius`` (voxels; ``sigma`` in voxels), computed in ``dtype``.
+
+    Args:
+        sigma: standard deviation, voxels (> 0).
+        radius: half-width, samples.
+        dtype: floating dtype of the computation and of the result.
+        normalize: divide by the sum (the kernel sums to 1).
+        max_exponent: None, or cut the samples whose exponent ``x^2 / (2 sigma^2)`` is
+            not below it to exact zeros (before normalizing).
+
+    TorchScript-compatible. The MS-ODENet dense velocity smooths with the float32,
+    normalized kernel; :func:`gaussian_matrix` is built from the float64, unnormalized,
+    cut one.
+    """
+    x = torch.arange(-radius, radius + 1, dtype=dtype)
+    exponent = 0.5 * (x / sigma) ** 2
+    if max_exponent is None:
+        kernel = torch.exp(-exponent)
+    else:
+        kernel = torch.where(exponent < max_exponent, torch.exp(-exponent), torch.zeros_like(exponent))
+    if normalize:
+        return kernel / kernel.sum()
+    return kernel
 
 
 @functools.lru_cache(maxsize=256)
 def _gaussian_matrix64(size: int, sigma: float) -> torch.Tensor:
-    x = torch.arange(size, dtype=torch.float64)
-    exponent = 0.5 * ((x[:, None] - x[None, :]) / sigma) ** 2
     # Beyond ~7.4 sigma (weight < 1e-12) the kernel is cut to exact zeros: the tail would
     # otherwise hold float32 denormals, which make every product with the matrix tens of
     # times slower on CPU, for a change of at most 1e-12 relative.
-    weights = torch.where(exponent < 27.6, torch.exp(-exponent), torch.zeros_like(exponent))
+    kernel = gaussian_kernel(sigma, size - 1, torch.float64, normalize=False, max_exponent=27.6)
+    x = torch.arange(size)
+    # Row i, column j holds the kernel at offset i - j (index i - j + size - 1 of the kernel).
+    weights = kernel[x[:, None] - x[None, :] + (size - 1)]
     return weights / weights.sum(1, keepdim=True)
 
 

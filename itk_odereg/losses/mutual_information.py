@@ -141,6 +141,74 @@ def _xlogx(p: torch.Tensor) -> torch.Tensor:
     return p * torch.log(p.clamp_min(1e-300))
 
 
+def _check_mi_options(bins, samples, percentiles, fixed_range, moving_range, op: str):
+    """Validate the options of :func:`mutual_information_loss` (in the order its docstring lists
+    them); returns (percentiles, fixed_range, moving_range) as floats (ranges None when not given)."""
+    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 8:
+        raise ValueError(f"itk_odereg.{op}(): 'bins' must be an int >= 8, got {bins!r}")
+    if samples is not None:
+        is_int = isinstance(samples, int) and not isinstance(samples, bool)
+        ok = (is_int and samples >= 1) or (isinstance(samples, float) and 0.0 < samples <= 1.0)
+        if not ok:
+            raise ValueError(
+                f"itk_odereg.{op}(): 'samples' must be None, an int >= 1 or a float fraction in (0, 1], got {samples!r}"
+            )
+    ok = isinstance(percentiles, (tuple, list)) and len(percentiles) == 2 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in percentiles
+    )
+    if not ok or not 0.0 <= percentiles[0] < percentiles[1] <= 100.0:
+        raise ValueError(
+            f"itk_odereg.{op}(): 'percentiles' must be a pair (low, high) with 0 <= low < high <= 100, "
+            f"got {percentiles!r}"
+        )
+    percentiles = (float(percentiles[0]), float(percentiles[1]))
+    return percentiles, _check_range(fixed_range, "fixed_range", op), _check_range(moving_range, "moving_range", op)
+
+
+def _sample_voxels(fixed_i: torch.Tensor, moving_i: torch.Tensor, mask_i: Optional[torch.Tensor], i: int,
+                   samples, generator: Optional[torch.Generator], op: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The voxels of batch element ``i`` that enter the histogram: ([C, K] fixed, [C, K] moving).
+
+    ``fixed_i``, ``moving_i``: [C, *S]; ``mask_i``: None or [1, *S] (the voxels inside).
+    With ``samples`` (int: a count; float: a fraction of the masked voxels), K voxels drawn
+    uniformly with replacement by one ``torch.randint`` call on ``generator``.
+    """
+    n_chan = fixed_i.shape[0]
+    f_i = fixed_i.reshape(n_chan, -1)
+    m_i = moving_i.reshape(n_chan, -1)
+    idx = None
+    if mask_i is not None:
+        idx = torch.nonzero(mask_i.reshape(-1), as_tuple=True)[0]
+        if idx.numel() == 0:
+            raise ValueError(f"itk_odereg.{op}(): 'mask' is empty for batch element {i}")
+    count = f_i.shape[1] if idx is None else idx.numel()
+    if samples is not None:
+        k = samples if isinstance(samples, int) else max(1, int(round(samples * count)))
+        pick = torch.randint(count, (k,), generator=generator, device=fixed_i.device)
+        idx = pick if idx is None else idx[pick]
+    if idx is not None:
+        f_i = f_i.index_select(1, idx)
+        m_i = m_i.index_select(1, idx)
+    return f_i, m_i
+
+
+def _channel_mi(fs: torch.Tensor, ms: torch.Tensor, bins: int, percentiles: Tuple[float, float],
+                fixed_range: Optional[Tuple[float, float]], moving_range: Optional[Tuple[float, float]],
+                normalized: bool) -> torch.Tensor:
+    """``-MI`` (nats) or ``-NMI`` of one channel's samples ``fs``, ``ms`` [K]: each mapped to
+    [0, 1] by its range (given, or its ``percentiles``), then the Parzen joint histogram."""
+    rf = fixed_range if fixed_range is not None else robust_range(fs, percentiles)
+    rm = moving_range if moving_range is not None else robust_range(ms, percentiles)
+    hist = _ParzenJointHistogram.apply(_normalize(fs, rf), _normalize(ms, rm), bins)
+    p = hist / fs.shape[0]
+    h_fm = -_xlogx(p).sum()
+    h_f = -_xlogx(p.sum(1)).sum()
+    h_m = -_xlogx(p.sum(0)).sum()
+    if normalized:
+        return -(h_f + h_m) / h_fm.clamp_min(1e-12)
+    return h_fm - h_f - h_m
+
+
 def mutual_information_loss(
     fixed: torch.Tensor,
     moving: torch.Tensor,
@@ -210,57 +278,11 @@ def mutual_information_loss(
     """
     op = "mutual_information_loss"
     _check_pair(fixed, moving, op)
-    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 8:
-        raise ValueError(f"itk_odereg.{op}(): 'bins' must be an int >= 8, got {bins!r}")
-    if samples is not None:
-        is_int = isinstance(samples, int) and not isinstance(samples, bool)
-        ok = (is_int and samples >= 1) or (isinstance(samples, float) and 0.0 < samples <= 1.0)
-        if not ok:
-            raise ValueError(
-                f"itk_odereg.{op}(): 'samples' must be None, an int >= 1 or a float fraction in (0, 1], got {samples!r}"
-            )
-    ok = isinstance(percentiles, (tuple, list)) and len(percentiles) == 2 and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) for v in percentiles
-    )
-    if not ok or not 0.0 <= percentiles[0] < percentiles[1] <= 100.0:
-        raise ValueError(
-            f"itk_odereg.{op}(): 'percentiles' must be a pair (low, high) with 0 <= low < high <= 100, "
-            f"got {percentiles!r}"
-        )
-    percentiles = (float(percentiles[0]), float(percentiles[1]))
-    fixed_range = _check_range(fixed_range, "fixed_range", op)
-    moving_range = _check_range(moving_range, "moving_range", op)
+    percentiles, fixed_range, moving_range = _check_mi_options(bins, samples, percentiles, fixed_range, moving_range, op)
     m = _prepare_mask(mask, fixed, op)
-
-    n_batch, n_chan = fixed.shape[:2]
     values = []
-    for i in range(n_batch):
-        f_i = fixed[i].reshape(n_chan, -1)
-        m_i = moving[i].reshape(n_chan, -1)
-        idx = None
-        if m is not None:
-            idx = torch.nonzero(m[i].reshape(-1), as_tuple=True)[0]
-            if idx.numel() == 0:
-                raise ValueError(f"itk_odereg.{op}(): 'mask' is empty for batch element {i}")
-        count = f_i.shape[1] if idx is None else idx.numel()
-        if samples is not None:
-            k = samples if isinstance(samples, int) else max(1, int(round(samples * count)))
-            pick = torch.randint(count, (k,), generator=generator, device=fixed.device)
-            idx = pick if idx is None else idx[pick]
-        if idx is not None:
-            f_i = f_i.index_select(1, idx)
-            m_i = m_i.index_select(1, idx)
-        for c in range(n_chan):
-            fs, ms = f_i[c], m_i[c]
-            rf = fixed_range if fixed_range is not None else robust_range(fs, percentiles)
-            rm = moving_range if moving_range is not None else robust_range(ms, percentiles)
-            hist = _ParzenJointHistogram.apply(_normalize(fs, rf), _normalize(ms, rm), bins)
-            p = hist / fs.shape[0]
-            h_fm = -_xlogx(p).sum()
-            h_f = -_xlogx(p.sum(1)).sum()
-            h_m = -_xlogx(p.sum(0)).sum()
-            if normalized:
-                values.append(-(h_f + h_m) / h_fm.clamp_min(1e-12))
-            else:
-                values.append(h_fm - h_f - h_m)
+    for i in range(fixed.shape[0]):
+        f_i, m_i = _sample_voxels(fixed[i], moving[i], None if m is None else m[i], i, samples, generator, op)
+        for c in range(fixed.shape[1]):
+            values.append(_channel_mi(f_i[c], m_i[c], bins, percentiles, fixed_range, moving_range, normalized))
     return torch.stack(values).mean().to(fixed.dtype)

@@ -6,6 +6,8 @@ from typing import Optional, Sequence
 
 import torch
 
+from ..core.differences import central_differences
+
 from ._checks import _eps_floor, _check_pair, _check_positive, _prepare_mask
 
 
@@ -39,20 +41,6 @@ def _erode_stencil(m: torch.Tensor, nd: int) -> torch.Tensor:
         hi = torch.cat([m.narrow(d, 1, length - 1), m.narrow(d, length - 1, 1)], d)  # neighbour at i + 1
         out = out * lo * hi
     return out
-
-
-def _spatial_gradient(x: torch.Tensor, nd: int, spacing) -> list:
-    """Central differences inside, one-sided on the border (``torch.gradient``, edge order 1)."""
-    dims = tuple(range(2, 2 + nd))
-    sizes_ok = [x.shape[d] >= 2 for d in dims]
-    grads = []
-    for k, d in enumerate(dims):
-        if not sizes_ok[k]:
-            grads.append(torch.zeros_like(x))
-            continue
-        h = 1.0 if spacing is None else spacing[k]
-        grads.append(torch.gradient(x, spacing=h, dim=d, edge_order=1)[0])
-    return grads
 
 
 def ngf_loss(
@@ -107,8 +95,9 @@ def ngf_loss(
     dims = tuple(range(2, 2 + nd))
     floor = _eps_floor(fixed.dtype)
 
-    gf = _spatial_gradient(fixed, nd, spacing)
-    gm = _spatial_gradient(moving, nd, spacing)
+    # Central differences inside, one-sided on the border (torch.gradient, edge order 1), per mm with spacing.
+    gf = central_differences(fixed, spacing, "one_sided")
+    gm = central_differences(moving, spacing, "one_sided")
     nf2 = sum(g.square() for g in gf)
     nm2 = sum(g.square() for g in gm)
     dot = sum(a * b for a, b in zip(gf, gm))
@@ -123,6 +112,8 @@ def ngf_loss(
         ms_m = (nm2 * w).sum(dims, keepdim=True) / cnt
     e_f = (eps * eps * ms_f).clamp_min(floor)
     e_m = (eps * eps * ms_m).clamp_min(floor)
+    # (n_f . n_m)^2 of the normalized gradient fields (core.differences.normalized_gradient) in closed
+    # form: n is never formed, and eps is a tensor per image and channel (relative to the RMS gradient).
     value = dot.square() / ((nf2 + e_f) * (nm2 + e_m))
     if w is None:
         return 1.0 - value.mean()

@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..core.differences import image_gradient, normalized_gradient
 from ._geometry import _centred_points, _grid
 
 
@@ -15,14 +16,10 @@ def _conv(cin: int, cout: int, stride: int) -> nn.Module:
 
 
 def _central_gradient(image: torch.Tensor) -> torch.Tensor:
-    """[1, 3, *S] central differences (voxel units) of [1, 1, *S]; at the faces, with the edge
-    replicated, half the one-sided difference (unlike losses._spatial_gradient, which uses the
-    full one: the shipped weights were trained on this one)."""
-    padded = F.pad(image, (1, 1, 1, 1, 1, 1), mode="replicate")
-    d0 = padded[:, :, 2:, 1:-1, 1:-1] - padded[:, :, :-2, 1:-1, 1:-1]
-    d1 = padded[:, :, 1:-1, 2:, 1:-1] - padded[:, :, 1:-1, :-2, 1:-1]
-    d2 = padded[:, :, 1:-1, 1:-1, 2:] - padded[:, :, 1:-1, 1:-1, :-2]
-    return 0.5 * torch.cat([d0, d1, d2], 1)
+    """[1, 3, *S] central differences (voxel units) of [1, 1, *S]: :func:`image_gradient` with
+    the ``"replicate_half"`` boundary (at the faces, the edge replicated, half the one-sided
+    difference; the NGF loss uses the full one: the shipped weights were trained on this one)."""
+    return image_gradient(image, None, "replicate_half")
 
 
 FEATURE_CHANNELS = 18
@@ -56,11 +53,11 @@ def mind_descriptor(image: torch.Tensor) -> torch.Tensor:
 
 
 def _normalized_gradient(image: torch.Tensor, edge_epsilon: float = 0.05) -> torch.Tensor:
-    """grad I / sqrt(|grad I|^2 + eps^2): ``edge_epsilon`` is the gradient magnitude (intensity
+    """grad I / sqrt(|grad I|^2 + eps^2) [1, 3, *S] of [1, 1, *S] (:func:`normalized_gradient` of
+    :func:`_central_gradient`'s differences): ``edge_epsilon`` is the gradient magnitude (intensity
     per voxel, images in [0, 1]) below which an edge fades out. (A default argument, not a
     module constant: TorchScript cannot read module-level floats.)"""
-    g = _central_gradient(image)
-    return g / torch.sqrt(g.square().sum(1, keepdim=True) + edge_epsilon**2)
+    return normalized_gradient(image, edge_epsilon, None, "replicate_half")
 
 
 def fixed_image_cues(fixed: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

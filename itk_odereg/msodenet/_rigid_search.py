@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from ._geometry import _centred_points, _grid, level_shape, resize, rotation_angles, rotation_matrices
+from ..core.differences import image_gradient
+from ..core.moments import weighted_centroid
 from ..core.sampling import sample_normalized
-from ._features import _central_gradient
 
 
 def search_rotations(step_deg: float = 22.5) -> torch.Tensor:
@@ -33,11 +34,12 @@ def _standardized(values: torch.Tensor) -> torch.Tensor:
 
 
 def _head_cues(image: torch.Tensor, points: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """([2, N] head mask and gradient magnitude, [3] centroid of the mask in ``points``' units)."""
+    """([2, N] head mask and gradient magnitude (voxel units, the MS-ODENet features' differences:
+    ``"replicate_half"``), [3] centroid of the mask in ``points``' units, 0 for an empty mask)."""
     mask = _foreground(image)
-    weight = mask.reshape(-1)
-    centroid = (points * weight).sum(1) / weight.sum().clamp_min(1.0)
-    cues = torch.cat([mask, _central_gradient(image).square().sum(1, keepdim=True).sqrt()], 1)
+    centroid = weighted_centroid(points, mask.reshape(-1), 1.0, "rows")
+    gradient = image_gradient(image, None, "replicate_half")
+    cues = torch.cat([mask, gradient.square().sum(1, keepdim=True).sqrt()], 1)
     return cues, centroid
 
 

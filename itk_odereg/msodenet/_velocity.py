@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..core.separable import gaussian_kernel
 from ._geometry import resize
 from ._features import EDGES, FEATURE_CHANNELS, MIND_FORCE, _conv, _coordinates, anchored_features, rigid_force_fit
 
@@ -116,13 +117,6 @@ class BSplineVelocity(nn.Module):
         return F.interpolate(rates, size=theta_shape[2:], mode="trilinear", align_corners=True)
 
 
-def gaussian_kernel(sigma: float, radius: int) -> torch.Tensor:
-    """[2 radius + 1] sampled Gaussian of standard deviation ``sigma`` (voxels), normalized to sum 1."""
-    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
-    return kernel / kernel.sum()
-
-
 class DenseVelocity(nn.Module):
     """f_l for a dense displacement: a three-level UNet (this level's resolution, 1/2, 1/4;
     ``width``, 2 ``width``, 2 ``width`` channels, skip connections, LeakyReLU), then a
@@ -163,6 +157,7 @@ class DenseVelocity(nn.Module):
         self.out, self.shortcut = _rate_layers(width, force_gain * factor / self.output_scale)
         # Derived from sigma, not trained: kept out of the state dict (persistent=False).
         self.radius = int(math.ceil(2.0 * sigma))
+        # The float32 kernel, normalized to sum 1 (core.separable.gaussian_kernel's defaults).
         self.register_buffer("kernel", gaussian_kernel(sigma, self.radius), persistent=False)
 
     def smooth(self, field: torch.Tensor) -> torch.Tensor:

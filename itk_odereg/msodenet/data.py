@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from ..core.moments import weighted_centroid
 from ..core.separable import gaussian_smooth
 
 __all__ = ["find_label_maps", "prepare_label_maps", "random_contrast_image"]
@@ -93,8 +94,15 @@ def prepare_label_maps(paths: Sequence[Path], resolution_mm: float, cache: Optio
 
 
 def _centroid_index(mask: np.ndarray) -> np.ndarray:
-    """Centroid of a boolean [z, y, x] mask as an (x, y, z) continuous index."""
-    return np.argwhere(mask).mean(0)[::-1]
+    """Centroid of a boolean [z, y, x] mask as an (x, y, z) continuous index (float64).
+
+    :func:`~itk_odereg.core.moments.weighted_centroid` of the mask voxels' indices, unit
+    weights: in float64 every partial sum is an integer below 2^53, so the result is the
+    exact mean, rounded once (what ``np.argwhere(mask).mean(0)`` gives).
+    """
+    points = torch.nonzero(torch.from_numpy(np.ascontiguousarray(mask))).t().contiguous().double()
+    weights = torch.ones(points.shape[1], dtype=torch.float64)
+    return weighted_centroid(points, weights).numpy()[::-1]
 
 
 def random_contrast_image(labels: torch.Tensor, generator: torch.Generator, noise: float = 0.03,

@@ -111,6 +111,88 @@ def _self_loss(model: MSODENet, predicted: torch.Tensor, target_displacement: to
     return (error.square().sum(1, keepdim=True) * mask).sum() / mask.sum().clamp_min(1) / scale**2
 
 
+def _resume(checkpoint: Path, model: MSODENet, optimizer: torch.optim.Optimizer, generator: torch.Generator,
+            settings: TrainSettings, device, log: Callable[[str], None]) -> int:
+    """Load model, optimizer and RNG states from ``checkpoint`` (in place); returns the
+    iteration it was written at. The optimizer's learning rate becomes ``settings.learning_rate``."""
+    state = torch.load(checkpoint, weights_only=False, map_location=device)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    start_iteration = state["iteration"]
+    log(f"train: resumed from {checkpoint} at iteration {start_iteration}")
+    # The saved optimizer state carries the old rate; the one asked for now wins, so that a
+    # run can go on at a lower rate (a fine-tuning phase) from the same checkpoint.
+    for group in optimizer.param_groups:
+        if group["lr"] != settings.learning_rate:
+            log(f"train: learning rate {group['lr']:g} -> {settings.learning_rate:g} from here on")
+            group["lr"] = settings.learning_rate
+    return start_iteration
+
+
+def _iteration_losses(model: MSODENet, labels: torch.Tensor, a: int, b: int, shape: list, metric,
+                      lambda_reg: float, settings: TrainSettings, generator: torch.Generator, device):
+    """(L_self, L_sim, L_reg) of one iteration: subject ``a``'s self-supervised pair and the
+    inter-subject pair (``b`` fixed, ``a`` moving); see the module docstring. Draws from
+    ``generator`` in a fixed order (reproducible runs)."""
+    # Self-supervised: recover a known transformation of one subject.
+    moving = random_contrast_image(labels[a], generator).to(device)
+    same = torch.rand((), generator=generator) < settings.same_contrast_fraction
+    twin = moving if same else random_contrast_image(labels[a], generator).to(device)
+    target_u = _random_perturbation(model, shape, settings, generator)
+    target_u = target_u.to(device)
+    with torch.no_grad():
+        fixed = ops.warp(twin, target_u, "zeros")
+        head = (ops.warp((labels[a] > 0).float()[None, None].to(device), target_u, "zeros") > 0.5).float()
+    predicted = model.integrate(fixed, moving)
+    loss_self = _self_loss(model, predicted, target_u, settings, head)
+    # Unsupervised: an inter-subject pair with independent contrasts.
+    fixed_b = random_contrast_image(labels[b], generator).to(device)
+    moving_a = random_contrast_image(labels[a], generator).to(device)
+    if model.parameterization == "rigid":
+        with torch.no_grad():
+            motion = _random_rigid(settings, generator).to(device)
+            moving_a = ops.warp(moving_a, rigid_displacement(motion, shape, shape), "zeros")
+    u = model.displacement(model.integrate(fixed_b, moving_a), shape, shape)
+    loss_sim = metric(fixed_b, ops.warp(moving_a, u, "zeros"))
+    loss_reg = ops.diffusion_energy(u) if lambda_reg > 0 else torch.zeros((), device=device)
+    return loss_self, loss_sim, loss_reg
+
+
+def _optimizer_step(model: MSODENet, optimizer: torch.optim.Optimizer, loss: torch.Tensor, settings: TrainSettings,
+                    iteration: int, log: Callable[[str], None]) -> None:
+    """Backward, clip the gradient norm at ``settings.max_grad_norm``, and step unless it is not finite."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+    if torch.isfinite(norm):
+        optimizer.step()
+    else:  # one degenerate pair must not poison the weights
+        log(f"  iteration {iteration + 1}: non-finite gradient, step skipped")
+
+
+def _log_iteration(record: dict, log_path: Path, iteration: int, start_iteration: int, settings: TrainSettings,
+                   log: Callable[[str], None]) -> None:
+    """Append ``record`` to the JSON-lines log; print it every 10 iterations and at the first one."""
+    with open(log_path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    if (iteration + 1) % 10 == 0 or iteration == start_iteration:
+        log(f"  iteration {iteration + 1}/{settings.iterations}: loss {record['loss']:.4f} "
+            f"(sim {record['sim']:.4f}, self {record['self']:.4f}, reg {record['reg']:.4f}), "
+            f"{record['seconds']:.0f} s")
+
+
+def _save_checkpoint(checkpoint: Path, output: Path, model: MSODENet, optimizer: torch.optim.Optimizer,
+                     generator: torch.Generator, iteration: int, settings: TrainSettings) -> None:
+    """Write the resumable checkpoint (model, optimizer, iteration + 1, RNG states) and the model file, atomically."""
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "iteration": iteration + 1,
+             "generator": generator.get_state(), "torch_rng": torch.get_rng_state()}
+    atomic_write(checkpoint, lambda tmp: torch.save(state, tmp), caller="train")
+    save_model(model, output, {"resolution_mm": settings.resolution_mm, "iterations": iteration + 1,
+                               "training": {k: v for k, v in asdict(settings).items() if k != "model"}})
+
+
 def train(label_maps: str | Path, output: str | Path, settings: TrainSettings | None = None,
           resume: bool = True, log: Callable[[str], None] = print) -> MSODENet:
     """Train an MS-ODENet and write it to ``output`` (a ``.pt`` file: config and weights).
@@ -138,67 +220,21 @@ def train(label_maps: str | Path, output: str | Path, settings: TrainSettings | 
     checkpoint = output.with_suffix(".ckpt")
     start_iteration = 0
     if resume and checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=False, map_location=device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        start_iteration = state["iteration"]
-        log(f"train: resumed from {checkpoint} at iteration {start_iteration}")
-        # The saved optimizer state carries the old rate; the one asked for now wins, so that a
-        # run can go on at a lower rate (a fine-tuning phase) from the same checkpoint.
-        for group in optimizer.param_groups:
-            if group["lr"] != settings.learning_rate:
-                log(f"train: learning rate {group['lr']:g} -> {settings.learning_rate:g} from here on")
-                group["lr"] = settings.learning_rate
+        start_iteration = _resume(checkpoint, model, optimizer, generator, settings, device, log)
     lambda_reg = settings.resolved_lambda_reg()
     log_path = output.with_suffix(".log.jsonl")
     began = time.perf_counter()
     for iteration in range(start_iteration, settings.iterations):
         a, b = torch.randperm(len(paths), generator=generator)[:2].tolist()
-        # Self-supervised: recover a known transformation of one subject.
-        moving = random_contrast_image(labels[a], generator).to(device)
-        same = torch.rand((), generator=generator) < settings.same_contrast_fraction
-        twin = moving if same else random_contrast_image(labels[a], generator).to(device)
-        target_u = _random_perturbation(model, shape, settings, generator)
-        target_u = target_u.to(device)
-        with torch.no_grad():
-            fixed = ops.warp(twin, target_u, "zeros")
-            head = (ops.warp((labels[a] > 0).float()[None, None].to(device), target_u, "zeros") > 0.5).float()
-        predicted = model.integrate(fixed, moving)
-        loss_self = _self_loss(model, predicted, target_u, settings, head)
-        # Unsupervised: an inter-subject pair with independent contrasts.
-        fixed_b = random_contrast_image(labels[b], generator).to(device)
-        moving_a = random_contrast_image(labels[a], generator).to(device)
-        if model.parameterization == "rigid":
-            with torch.no_grad():
-                motion = _random_rigid(settings, generator).to(device)
-                moving_a = ops.warp(moving_a, rigid_displacement(motion, shape, shape), "zeros")
-        u = model.displacement(model.integrate(fixed_b, moving_a), shape, shape)
-        loss_sim = metric(fixed_b, ops.warp(moving_a, u, "zeros"))
-        loss_reg = ops.diffusion_energy(u) if lambda_reg > 0 else torch.zeros((), device=device)
+        loss_self, loss_sim, loss_reg = _iteration_losses(model, labels, a, b, shape, metric, lambda_reg, settings,
+                                                          generator, device)
         loss = loss_sim + settings.lambda_self * loss_self + lambda_reg * loss_reg
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
-        if torch.isfinite(norm):
-            optimizer.step()
-        else:  # one degenerate pair must not poison the weights
-            log(f"  iteration {iteration + 1}: non-finite gradient, step skipped")
+        _optimizer_step(model, optimizer, loss, settings, iteration, log)
         record = {"iteration": iteration + 1, "loss": loss.item(), "sim": loss_sim.item(), "self": loss_self.item(),
                   "reg": loss_reg.item(), "seconds": round(time.perf_counter() - began, 1)}
-        with open(log_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if (iteration + 1) % 10 == 0 or iteration == start_iteration:
-            log(f"  iteration {iteration + 1}/{settings.iterations}: loss {record['loss']:.4f} "
-                f"(sim {record['sim']:.4f}, self {record['self']:.4f}, reg {record['reg']:.4f}), "
-                f"{record['seconds']:.0f} s")
+        _log_iteration(record, log_path, iteration, start_iteration, settings, log)
         if (iteration + 1) % settings.checkpoint_every == 0 or iteration + 1 == settings.iterations:
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "iteration": iteration + 1,
-                     "generator": generator.get_state(), "torch_rng": torch.get_rng_state()}
-            atomic_write(checkpoint, lambda tmp: torch.save(state, tmp), caller="train")
-            save_model(model, output, {"resolution_mm": settings.resolution_mm, "iterations": iteration + 1,
-                                       "training": {k: v for k, v in asdict(settings).items() if k != "model"}})
+            _save_checkpoint(checkpoint, output, model, optimizer, generator, iteration, settings)
     model.checkpointing = False
     return model
 
