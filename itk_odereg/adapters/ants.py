@@ -25,6 +25,7 @@ are checked against the inputs before anything is written.
 from __future__ import annotations
 
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterable, Mapping, NamedTuple, Optional, Sequence
 
@@ -32,7 +33,7 @@ import torch
 
 from ..core.image import LoadedImage
 from ..core.typing import PathLike
-from ..io_utils import atomic_write, check_not_inputs, stage_image, write_image
+from ..io_utils import OutputSet, check_not_inputs, check_writable, stage_image, write_image
 from ..registration.result import Registration
 
 __all__ = [
@@ -81,12 +82,14 @@ def check_output_prefix(prefix: PathLike, roles: Iterable[str], inputs: Sequence
     Raises:
         ValueError: an output that is one of ``inputs`` (symbolic and hard links resolved), or
             the prefix's directory (named ``directory_label`` in the message) does not exist.
+        OSError: the directory cannot be written (read-only, no permission, full).
     """
     paths = ants_output_paths(os.fspath(prefix), roles)
     check_not_inputs(paths.values(), inputs, caller)
     directory = os.path.dirname(os.path.abspath(os.fspath(prefix) + "x"))
     if not os.path.isdir(directory):
         raise ValueError(f"{caller}: {directory_label} does not exist: '{directory}'")
+    check_writable(list(paths.values())[:1], caller)
     return paths
 
 
@@ -112,6 +115,7 @@ def write_ants_files(
     *,
     inputs: Sequence[Any] = (),
     threads: Optional[int] = None,
+    remove_stale: bool = False,
     caller: str = "write_ants_files()",
 ) -> dict[str, str]:
     """Write ``items`` (role -> object, or a zero-argument callable making it) under ANTs' names.
@@ -123,6 +127,13 @@ def write_ants_files(
     the peak memory low; their gzip compressions then run on a few threads (zlib releases the
     GIL), beside one job that writes the transform files one after the other (the HDF5
     library behind ITK's ``.h5`` writer is not thread-safe).
+
+    The files are one unit (:class:`~itk_odereg.io_utils.OutputSet`): each is written under a
+    hidden temporary name and checked, and only a complete set is moved into place; an error
+    or an interrupt leaves the files under the final names as they were. With
+    ``remove_stale``, files of the other roles under this prefix (left by an earlier run)
+    are removed in the same step, with a warning, so that the prefix never mixes two
+    registrations.
 
     Returns:
         role -> path of every file written.
@@ -142,34 +153,43 @@ def write_ants_files(
         image = resolved(role)
         return sitk.Cast(image, sitk.sitkFloat32) if image.GetNumberOfComponentsPerPixel() == 1 else image
 
+    out = OutputSet(caller, inputs)
+
     def transforms_job() -> None:
         for role in _TRANSFORM_ROLES:
             if role in items:
                 transform = resolved(role)
-                atomic_write(paths[role], lambda tmp, t=transform: sitk.WriteTransform(t, tmp), inputs=inputs,
-                             caller=caller)
+                out.write(paths[role], lambda tmp, t=transform: sitk.WriteTransform(t, tmp),
+                          read_back=sitk.ReadTransform if paths[role].lower().endswith(".mat") else None)
 
     image_roles = [role for role in ANTS_FILE_NAMES if role in items and role not in _TRANSFORM_ROLES + ("qc",)]
     # Each image is built and written uncompressed one at a time, so that no two of these
     # large temporaries coexist; the compressions then run in parallel with the transform
-    # files (their memory is small, and zlib releases the GIL). Largest files first.
+    # files (their memory is small, and zlib releases the GIL). Largest files first. Every
+    # file goes to a temporary name of ``out``; only a complete set is moved into place.
     order = {"warp": 0, "inverse_warp": 1, "warped": 2, "inverse_warped": 3, "jacobian": 4}
     staged = []
-    try:
-        for role in sorted(image_roles, key=lambda r: order.get(r, 9)):
-            if paths[role].lower().endswith(".nii.gz"):
-                staged.append(stage_image(image(role), paths[role], inputs=inputs, caller=caller))
-            else:
-                write_image(image(role), paths[role], inputs=inputs, caller=caller)
-        jobs = [item.finish for item in staged]
-        if any(role in items for role in _TRANSFORM_ROLES):
-            jobs.append(transforms_job)
-        run_jobs(jobs, threads)
-    finally:
-        for item in staged:
-            item.abort()
-    if "qc" in items:
-        items["qc"](paths["qc"])
+    with out:
+        try:
+            for role in sorted(image_roles, key=lambda r: order.get(r, 9)):
+                if paths[role].lower().endswith(".nii.gz"):
+                    staged.append(stage_image(image(role), paths[role], inputs=inputs, caller=caller))
+                else:
+                    out.write(paths[role], lambda tmp, r=role: write_image(image(r), tmp, caller=caller))
+            jobs: list = [lambda item=item: item.finish(into=out) for item in staged]
+            if any(role in items for role in _TRANSFORM_ROLES):
+                jobs.append(transforms_job)
+            run_jobs(jobs, threads)
+        finally:
+            for item in staged:
+                item.abort()
+        if "qc" in items:
+            out.write(paths["qc"], items["qc"])
+        stale = [path for role, path in ants_output_paths(os.fspath(prefix), ANTS_FILE_NAMES).items()
+                 if remove_stale and role not in items]
+        for path in out.commit(stale=stale):
+            warnings.warn(f"{caller}: removed '{path}', left by an earlier run with this prefix, so that the "
+                          "prefix holds the files of one registration only", stacklevel=2)
     return paths
 
 
@@ -227,7 +247,7 @@ def write_registration(
 
         makers["qc"] = lambda path: registration_qc_figure(reg, fixed, moving, warped, path, inputs=inputs)
     return write_ants_files(prefix, {role: makers[role] for role in roles}, inputs=inputs, threads=threads,
-                            caller=caller)
+                            remove_stale=True, caller=caller)
 
 
 def _image_on(tensor: torch.Tensor, grid: Any) -> Any:

@@ -16,7 +16,9 @@ unreadable files or failed writes, reported as one line
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import warnings
 from typing import Any, Optional, Sequence
 
 from ._common import CLIError, PROG, _resolution, _sitk_message
@@ -144,8 +146,8 @@ def _add_register_command(sub: Any, common: argparse.ArgumentParser) -> None:
                           "trained MS-ODENet model, see --model; a few solver steps, 3D only), msodenet+nodeo "
                           "(MS-ODENet first, then NODEO refines), none (the affine alone: only the .mat is meaningful, "
                           "the warps are zero)")
-    reg.add_argument("--model", default="bspline", metavar="NAME|FILE",
-                     help="MS-ODENet model for the msodenet methods: a .pt file written by `itk-odereg train`, "
+    reg.add_argument("--model", default=None, metavar="NAME|FILE",
+                     help="MS-ODENet model for the msodenet methods (refused with the others): a .pt file written by `itk-odereg train`, "
                           "or a shipped name bspline (default; after the affine stage), rigid+bspline (for "
                           "unaligned inputs in any orientation, with --affine none), rigid")
     reg.add_argument("--metric", choices=METRIC_CHOICES, default="lncc",
@@ -231,7 +233,8 @@ def _add_export_command(sub: Any, common: argparse.ArgumentParser) -> None:
         "export", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
         help="export an MS-ODENet model to TorchScript or torch.export",
         description="Write a trained model as a TorchScript module (.pt) or a torch.export program (.pt2).\n"
-        "forward(fixed, moving) takes float tensors [1,1,D,H,W] on one grid (intensities in [0, 1]) and\n"
+        "forward(fixed, moving) takes float tensors [1,1,D,H,W] on one grid (any intensities: the .pt\n"
+        "module maps each image's 1st..99th percentile to [0, 1] and refuses bad shapes, dtypes, NaN) and\n"
         "returns the displacement [1,3,D,H,W] in voxels (tensor axes z, y, x; fixed to moving:\n"
         "warp(moving, u) ~ fixed). Load it with torch.jit.load after\n"
         "torch.ops.load_library(itk_odereg.ops.library_path()); itk_odereg itself is not needed.",
@@ -252,29 +255,65 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         argv: command line arguments without the program name.
 
     Returns:
-        0 on success, 1 for bad inputs / I/O errors, 2 for usage errors, 130 if interrupted.
+        0 on success, 1 for bad inputs / I/O errors, 2 for usage errors, 130 if interrupted
+        (Ctrl-C), 143 if terminated (SIGTERM). Either way the hidden temporary files of the
+        outputs being written are removed and the files under the final names are left as
+        they were (:class:`itk_odereg.io_utils.OutputSet`).
     """
     parser = build_parser()
     try:
         args = parser.parse_args(None if argv is None else list(argv))
     except SystemExit as exc:  # --help, --version (0) and usage errors (2)
         return int(exc.code) if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    previous = _terminate_as_exception()
     try:
-        return int(args.func(args))
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return int(args.func(args))
     except KeyboardInterrupt:
         sys.stderr.write(f"\n{PROG}: interrupted\n")
         return 130
+    except _Terminated:
+        sys.stderr.write(f"\n{PROG}: terminated\n")
+        return 143
     except Exception as err:  # noqa: BLE001 - one line for users, traceback with --debug
         if getattr(args, "debug", False):
             raise
         sys.stderr.write(f"{PROG}: error: {_one_line(err)}\n")
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one plain line on stderr, as the errors are."""
+    sys.stderr.write(f"{PROG}: warning: {message}\n")
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that every ``finally`` and clean-up runs (as for Ctrl-C)."""
+
+
+def _terminate_as_exception():
+    """Turn SIGTERM into :class:`_Terminated` (main thread only); returns the previous handler, or None."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise _Terminated()
+
+    return signal.signal(signal.SIGTERM, handler)
 
 
 def _one_line(err: BaseException) -> str:
     if isinstance(err, CLIError):
         return str(err)
-    text = str(err).strip()
+    text = (err.strerror if isinstance(err, OSError) and err.strerror else str(err)).strip()
+    if text.startswith(f"{PROG}: "):
+        text = text[len(PROG) + 2:]
     if "sitk::ERROR:" in text or "itk::ERROR" in text or "ITK ERROR" in text:
         text = _sitk_message(err)
     first = text.splitlines()[0] if text else ""

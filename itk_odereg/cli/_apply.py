@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import Any
 
-from ._common import CLIError, PROG, _check_input_file, _read_image, _sitk_message, _write_image
+from ._common import CLIError, PROG, _check_file_integrity, _check_input_file, _read_image, _sitk_message, _write_image
 
 
 _TRANSFORM_EXTENSIONS = (".mat", ".txt", ".tfm", ".h5", ".hdf5", ".xfm")
@@ -43,6 +44,7 @@ def _read_transform(path: str, invert: bool, dimension: int) -> Any:
             except RuntimeError as err:
                 raise CLIError(f"transform '{path}' cannot be inverted: {_sitk_message(err)}") from None
         return tx
+    _check_file_integrity(path, "transform (-t)")
     try:
         field = sitk.ReadImage(path)
     except RuntimeError as err:
@@ -59,7 +61,7 @@ def _read_transform(path: str, invert: bool, dimension: int) -> Any:
 def _cmd_apply(args: argparse.Namespace) -> int:
     import SimpleITK as sitk
 
-    from ..io_utils import check_not_inputs
+    from ..io_utils import check_not_inputs, check_writable
 
     specs = [_parse_transform_spec(s) for s in args.transform]
     if args.invert is not None:
@@ -74,9 +76,14 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     out_dir = os.path.dirname(os.path.abspath(args.output))
     if not os.path.isdir(out_dir):
         raise CLIError(f"the output directory does not exist: '{out_dir}'")
+    try:
+        check_writable([args.output], PROG, image_format=True)
+    except (OSError, ValueError) as err:
+        raise CLIError(str(err).split(": ", 1)[-1]) from None
     image = _read_image(args.input, "input image (-i)")
     reference = _read_image(args.reference, "reference image (-r)")
     d = reference.GetDimension()
+    _check_output_grid(reference, args.output)
     if image.GetDimension() != d:
         raise CLIError(f"input image is {image.GetDimension()}D but the reference image is {d}D")
     transforms = [_read_transform(path, inv, d) for path, inv in specs]
@@ -84,6 +91,10 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     # "-t W -t A" samples the input at A(W(p)). sitk.CompositeTransform applies the last
     # added first, so it takes the list reversed: CompositeTransform([A, W]) is p -> A(W(p)).
     composite = sitk.CompositeTransform(transforms[::-1])
+    if args.interpolation != "nearest" and _is_integer_image(image):
+        sys.stderr.write(f"{PROG} apply: warning: '{args.input}' has integer voxels "
+                         f"({image.GetPixelIDTypeAsString()}); {args.interpolation} interpolation writes blended "
+                         "float values. If it is a label map, pass --interpolation nearest\n")
     interpolators = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor, "bspline": sitk.sitkBSpline}
     if args.interpolation == "nearest":
         pixel = image.GetPixelID()
@@ -94,3 +105,27 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     out = sitk.Resample(image, reference, composite, interpolators[args.interpolation], args.default_value, pixel)
     _write_image(out, args.output, inputs)
     return 0
+
+
+def _is_integer_image(image) -> bool:
+    import SimpleITK as sitk
+
+    integer = {sitk.sitkUInt8, sitk.sitkInt8, sitk.sitkUInt16, sitk.sitkInt16, sitk.sitkUInt32, sitk.sitkInt32,
+               sitk.sitkUInt64, sitk.sitkInt64}
+    return image.GetPixelID() in integer
+
+
+def _check_output_grid(reference, output: str) -> None:
+    """A NIfTI output cannot hold a sheared reference grid: ITK would write the nearest rotation."""
+    import numpy as np
+
+    from ..core.image import ORTHONORMAL_TOLERANCE
+
+    if not output.lower().endswith((".nii", ".nii.gz")):
+        return
+    d = np.asarray(reference.GetDirection(), dtype=np.float64).reshape(reference.GetDimension(), -1)
+    error = float(np.abs(d.T @ d - np.eye(d.shape[0])).max())
+    if error > ORTHONORMAL_TOLERANCE:
+        raise CLIError(f"the reference image (-r) has a direction matrix that is not orthonormal (max |D^T D - I| = "
+                       f"{error:.3g}); a NIfTI output ('{output}') cannot hold that grid (ITK would write the nearest "
+                       "rotation, moving every voxel): write .nrrd or .mha instead, or resample the reference first")

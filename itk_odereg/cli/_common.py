@@ -52,10 +52,21 @@ def _read_input(path: str, option: str) -> Any:
     """Read an input image once; the engine and the outputs (inverse warp, QC) reuse it."""
     import SimpleITK as sitk
 
+    _check_file_integrity(path, option)
     try:
         return sitk.ReadImage(path)
     except RuntimeError as err:
         raise CLIError(f"{option} could not be read as an image from '{path}': {_sitk_message(err)}") from None
+
+
+def _check_file_integrity(path: str, option: str) -> None:
+    """Refuse a truncated .gz or NIfTI file, or NIfTI NaN/Inf voxels, which ITK would read as zeros."""
+    from ..core.file_integrity import check_image_file
+
+    try:
+        check_image_file(path, option)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
 
 
 def _sitk_message(err: BaseException) -> str:
@@ -70,6 +81,7 @@ def _read_image(path: str, option: str) -> Any:
     import SimpleITK as sitk
 
     _check_input_file(path, option)
+    _check_file_integrity(path, option)
     try:
         image = sitk.ReadImage(path)
     except RuntimeError as err:

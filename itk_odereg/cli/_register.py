@@ -31,7 +31,9 @@ _FLAGS = {"method": "--method", "model": "--model", "metric": "--metric", "affin
 
 def _cli_message(err: BaseException) -> str:
     """An engine or options error in the command line's terms: flags and -f/-m instead of Python names."""
-    text = str(err).replace("register(): 'fixed'", "fixed image (-f)").replace("register(): 'moving'", "moving image (-m)")
+    text = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+    text = text.replace(f"{PROG}: ", "", 1) if text.startswith(f"{PROG}: ") else text
+    text = text.replace("register(): 'fixed'", "fixed image (-f)").replace("register(): 'moving'", "moving image (-m)")
     for key, flag in _FLAGS.items():
         text = text.replace(f"register(): '{key}'", flag).replace(f"register(): invalid {key}", f"invalid {flag}")
     text = text.replace("register(): ", "")
@@ -43,7 +45,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
 
     from ..adapters.ants import write_registration
     from ..core.image import load_image
-    from ..io_utils import check_not_inputs
+    from ..io_utils import check_free_space, check_not_inputs, check_writable
     from ..registration.engine import register_images
     from ..registration.options import RegistrationOptions
 
@@ -54,9 +56,12 @@ def _cmd_register(args: argparse.Namespace) -> int:
         raise CLIError(f"--resolution must be positive (mm), 0 for the fixed grid or auto, got {args.resolution}")
     if args.threads is not None and args.threads < 1:
         raise CLIError(f"--threads must be at least 1, got {args.threads}")
+    if args.model is not None and not args.method.startswith("msodenet"):
+        raise CLIError(f"--model selects the MS-ODENet model of --method msodenet or msodenet+nodeo; "
+                       f"--method {args.method} does not use one (drop --model, or choose an msodenet method)")
     try:
         options = RegistrationOptions.create(
-            "register()", method=args.method, model=args.model, metric=args.metric,
+            "register()", method=args.method, model=args.model or "bspline", metric=args.metric,
             affine=None if args.affine == "none" else args.affine, device=args.device,
             iterations=tuple(args.iterations) if args.iterations else None, steps=args.steps, seed=args.seed,
             resolution_mm=args.resolution if args.resolution == "auto" else (args.resolution or None))
@@ -68,6 +73,10 @@ def _cmd_register(args: argparse.Namespace) -> int:
         check_not_inputs(outputs.values(), inputs, PROG)
     except ValueError as err:
         raise CLIError(str(err).split(": ", 1)[-1] + " (choose another -o prefix)") from None
+    try:
+        check_writable(outputs.values(), PROG)
+    except OSError as err:
+        raise CLIError(str(err).split(": ", 1)[-1]) from None
 
     if args.threads is not None:
         import torch
@@ -80,8 +89,10 @@ def _cmd_register(args: argparse.Namespace) -> int:
         fixed = load_image(_read_input(args.fixed, "fixed image (-f)"), "fixed", "register()")
         moving = load_image(_read_input(args.moving, "moving image (-m)"), "moving", "register()")
         t_read = time.perf_counter() - start
+        # The largest file staged uncompressed, the displacement field (float32, one component per axis).
+        check_free_space(args.output + "x", fixed.grid.numel * fixed.grid.ndim * 4 + 348, PROG)
         registration = register_images(fixed, moving, options, progress=not args.quiet)
-    except (ValueError, TypeError) as err:
+    except (ValueError, TypeError, OSError) as err:
         raise CLIError(_cli_message(err)) from err
     t_write = time.perf_counter()
     write_registration(registration, args.output, fixed=fixed, moving=moving, roles=tuple(outputs), inputs=inputs,

@@ -31,7 +31,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .levels import corner_aligned_level
+from .levels import axis_factors, corner_aligned_level
 from .typing import Array, ArrayLike, ScalarOrTuple, Shape, Size
 
 __all__ = ["ALIGN_CORNERS", "Axes", "ImageGrid"]
@@ -553,11 +553,13 @@ class ImageGrid:
     # ------------------------------------------------------------------ pyramids
 
     def corner_aligned(self, factor: float) -> ImageGrid:
-        """The grid about ``factor`` (>= 1) times coarser whose outer voxel centres are this grid's.
+        """The grid about ``factor`` (>= 1) times coarser than its finest axis whose outer voxel centres are this grid's.
 
-        Origin and direction are kept; size and spacing follow :func:`corner_aligned_level`
-        (the pyramid levels and the working grid of the engine): the outer voxel *centres*
-        are kept, so the box shrinks by half a voxel of each grid at either end.
+        Origin and direction are kept; the per-axis factors are :func:`~itk_odereg.core.levels.axis_factors`
+        (an axis already coarser than ``factor * min(spacing)`` is shrunk less or not at all), and
+        size and spacing follow :func:`corner_aligned_level` (the pyramid levels and the working
+        grid of the engine): the outer voxel *centres* are kept, so the box shrinks by half a
+        voxel of each grid at either end.
         """
-        size, spacing = corner_aligned_level(self._size, self._spacing, factor=factor)
+        size, spacing = corner_aligned_level(self._size, self._spacing, factor=axis_factors(self._spacing, factor))
         return ImageGrid(size, spacing, self._origin, self._direction)

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .file_integrity import check_image_file
 from .grid import ImageGrid
 from .typing import InputKind, TensorOrArray
 
@@ -119,6 +120,7 @@ def _read_path(path: Any, caller: str, name: str) -> Any:
         raise ValueError(f"{_prefix(caller, name)} file not found: '{p}'")
     if os.path.isdir(p):
         raise ValueError(f"{_prefix(caller, name)} is a directory, not an image file: '{p}'")
+    check_image_file(p, _prefix(caller, name))
     try:
         return sitk.ReadImage(p)
     except RuntimeError as err:
@@ -174,6 +176,29 @@ def _itk_to_array(image: Any, caller: str, name: str) -> tuple[np.ndarray, Image
     return arr, ImageGrid.from_itk(image)
 
 
+#: largest |D^T D - I| of an accepted direction matrix: NIfTI headers store the direction as a
+#: float32 quaternion, whose rounding is far below this; a sheared grid is far above it.
+ORTHONORMAL_TOLERANCE = 1e-3
+
+
+def _check_direction(grid: ImageGrid, caller: str, name: str) -> None:
+    """Refuse a direction matrix that is not a rotation (or reflection): a sheared or scaled grid.
+
+    NIfTI cannot store one (ITK's writer replaces it with the nearest orthonormal matrix, so the
+    outputs would sit up to voxels away from the input), and ITK's transforms assume the grid's
+    axes are perpendicular and of unit length.
+    """
+    d = grid.direction
+    error = float(np.abs(d.T @ d - np.eye(grid.ndim)).max())
+    if error > ORTHONORMAL_TOLERANCE:
+        rows = "; ".join(" ".join(f"{v:.4g}" for v in row) for row in d)
+        raise ValueError(
+            f"{_prefix(caller, name)} has a direction matrix that is not orthonormal (max |D^T D - I| = {error:.3g}; "
+            f"D = [{rows}]): its axes are sheared or scaled. NIfTI outputs cannot hold such a grid (ITK would "
+            "write the nearest rotation, moving every voxel). Resample the image onto an orthonormal grid first "
+            "(e.g. sitk.Resample onto a reference with the nearest rotation as direction)")
+
+
 def _check_finite(arr: np.ndarray, caller: str, name: str, what: str = "") -> None:
     if arr.dtype.kind != "f":
         return
@@ -219,8 +244,10 @@ def load_image(
         TypeError: if ``image`` is none of the accepted kinds.
         ValueError: for a missing or unreadable file (naming the path), a
             dimension other than 2 or 3 (4D named as such), a vector /
-            multi-component / complex / label-map image, an empty image, or
-            NaN / infinite voxels (also after the cast to ``dtype``).
+            multi-component / complex / label-map image, an empty image, a
+            direction matrix that is not orthonormal (sheared), a truncated ``.gz`` or
+            NIfTI file, or NaN / infinite voxels (also after the cast to ``dtype``, and in
+            NIfTI files, whose reader turns them into 0: :mod:`itk_odereg.core.file_integrity`).
     """
     kind = input_kind(image)
     path = None
@@ -238,6 +265,7 @@ def load_image(
         arr, grid = _sitk_to_array(image, caller, name)
     else:
         arr, grid = _itk_to_array(image, caller, name)
+    _check_direction(grid, caller, name)
     if arr.dtype == np.bool_:
         arr = arr.astype(np.uint8)
     _check_finite(arr, caller, name)

@@ -30,9 +30,7 @@ def robust_range(x: torch.Tensor, percentiles: Tuple[float, float] = (1.0, 99.0)
     lo_p, hi_p = percentiles
     flat = x.detach().reshape(-1)
     if interpolation == "linear":
-        sample = flat[:: max(1, flat.numel() // INTERPOLATED_SAMPLES)]
-        lo, hi = torch.quantile(sample.double(), torch.tensor([lo_p / 100.0, hi_p / 100.0], dtype=torch.float64))
-        return float(lo), float(hi)
+        return _interpolated_range(flat, lo_p, hi_p)
     if interpolation != "nearest":
         raise ValueError(f"robust_range(): 'interpolation' must be 'nearest' or 'linear', got {interpolation!r}")
     if lo_p == 0.0 and hi_p == 100.0:
@@ -52,8 +50,21 @@ def robust_range(x: torch.Tensor, percentiles: Tuple[float, float] = (1.0, 99.0)
     return order_stat(lo_p), order_stat(hi_p)
 
 
+def _interpolated_range(flat: torch.Tensor, lo_p: float, hi_p: float,
+                        samples: int = INTERPOLATED_SAMPLES) -> Tuple[float, float]:
+    """The ``interpolation="linear"`` variant of :func:`robust_range` on a flat tensor (TorchScript-compatible:
+    the sample count is a default argument, since TorchScript cannot read module-level numbers)."""
+    sample = flat[:: max(1, flat.numel() // samples)]
+    bounds = torch.quantile(sample.double(), torch.tensor([lo_p / 100.0, hi_p / 100.0], dtype=torch.float64))
+    return float(bounds[0]), float(bounds[1])
+
+
 def normalize_intensity(image: torch.Tensor) -> torch.Tensor:
-    """Map the 1st..99th percentile of ``image`` to [0, 1] (no clipping); a constant image is only shifted."""
-    lo, hi = robust_range(image, (1.0, 99.0), interpolation="linear")
+    """Map the 1st..99th percentile of ``image`` to [0, 1] (no clipping); a constant image is only shifted.
+
+    TorchScript-compatible: the exported MS-ODENet module (:mod:`itk_odereg.msodenet.export`)
+    normalizes its inputs with it, as the engine does.
+    """
+    lo, hi = _interpolated_range(image.detach().reshape(-1), 1.0, 99.0)
     scale = hi - lo if hi - lo > 0 else 1.0
     return (image - lo) / scale

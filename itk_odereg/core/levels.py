@@ -9,14 +9,27 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-__all__ = ["corner_aligned_level"]
+__all__ = ["corner_aligned_level", "axis_factors"]
+
+
+def axis_factors(spacing_mm: Sequence[float], factor: float) -> tuple[float, ...]:
+    """Per-axis downsampling factors of a level ``factor`` times coarser than the *finest* axis.
+
+    The level's target spacing is ``factor * min(spacing)``; an axis already coarser than that is
+    shrunk less, or not at all: ``f_a = max(1, factor * min(spacing) / spacing_a)``, as ANTs
+    adapts its shrink factors to anisotropic images. A thick-slice volume (0.5 x 0.5 x 5 mm) at
+    factor 4 becomes 2 x 2 x 5 mm, not 2 x 2 x 20 mm. Axes at the finest spacing get ``factor``
+    exactly, so isotropic grids are unchanged by the rule.
+    """
+    finest = min(spacing_mm)
+    return tuple(float(factor) if h == finest else max(1.0, factor * finest / h) for h in spacing_mm)
 
 
 def corner_aligned_level(
     shape: Sequence[int],
     spacing_mm: Sequence[float],
     *,
-    factor: float | None = None,
+    factor: float | Sequence[float] | None = None,
     target_spacing_mm: float | None = None,
     rounding: str = "ceil",
     min_size: int = 2,
@@ -39,7 +52,7 @@ def corner_aligned_level(
 
     Args:
         shape, spacing_mm: the original grid, any axis order (the result keeps it), mm.
-        factor: downsampling factor (>= 1), or
+        factor: downsampling factor (>= 1), one for all axes or one per axis (:func:`axis_factors`), or
         target_spacing_mm: the wanted spacing in mm (exactly one of the two).
         rounding: ``"ceil"`` or ``"round"``.
         min_size: the fewest voxels per axis.
@@ -50,18 +63,24 @@ def corner_aligned_level(
     """
     if (factor is None) == (target_spacing_mm is None):
         raise ValueError("corner_aligned_level(): give exactly one of 'factor' and 'target_spacing_mm'")
-    if factor is not None and factor < 1:
-        raise ValueError(f"corner_aligned_level(): 'factor' must be >= 1, got {factor}")
+    factors = None
+    if factor is not None:
+        try:
+            factors = [float(f) for f in factor]
+        except TypeError:   # one number for every axis
+            factors = [float(factor)] * len(shape)
+        if len(factors) != len(shape) or min(factors) < 1:
+            raise ValueError(f"corner_aligned_level(): 'factor' must be >= 1 (one, or one per axis), got {factor}")
     if rounding not in ("ceil", "round"):
         raise ValueError(f"corner_aligned_level(): 'rounding' must be 'ceil' or 'round', got {rounding!r}")
     sizes, spacings = [], []
-    for n, h in zip(shape, spacing_mm):
+    for axis, (n, h) in enumerate(zip(shape, spacing_mm)):
         if n <= 1 and keep_singleton_axes:
             sizes.append(1)
             spacings.append(h)
             continue
         extent = (n - 1) * h
-        ratio = (n - 1) / factor if factor is not None else extent / target_spacing_mm
+        ratio = (n - 1) / factors[axis] if factors is not None else extent / target_spacing_mm
         size = max(min_size, (int(math.ceil(ratio)) if rounding == "ceil" else int(round(ratio))) + 1)
         sizes.append(size)
         fallback = h if factor is not None else target_spacing_mm

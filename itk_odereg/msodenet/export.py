@@ -1,9 +1,19 @@
 """Export of the shipped MS-ODENet models: TorchScript (``.pt``) and ``torch.export`` (``.pt2``).
 
-Both take ``forward(fixed, moving)`` with float tensors [1, 1, D, H, W] on one
-grid (intensities in [0, 1], the model's training resolution) and return the
-displacement [1, 3, D, H, W] in voxels, fixed to moving, in the ops'
-convention. They call the ops as ``torch.ops.itk_odereg.*``: a process loads
+Both take ``forward(fixed, moving)`` with tensors [1, 1, D, H, W] on one grid (the
+model's training resolution) and return the displacement [1, 3, D, H, W] in voxels,
+fixed to moving, in the ops' convention; its parameters are frozen, so the output
+does not require grad.
+
+The TorchScript module is :class:`CheckedModel`: it refuses what the model cannot
+register, with a message naming the input (another dimension or layout than
+[1, 1, D, H, W], an axis under 8 voxels, different shapes, integer or complex
+voxels, NaN or infinite voxels), casts floating inputs to float32 and maps each
+image's 1st..99th percentile to [0, 1], as the engine does
+(:func:`itk_odereg.core.intensity.normalize_intensity`), so raw intensities
+(0 to 1000, say) give the same map as normalized ones. The ``.pt2`` program is
+specialized to one shape and takes normalized float32 inputs unchecked
+(``torch.export`` cannot raise on the data). They call the ops as ``torch.ops.itk_odereg.*``: a process loads
 them with ``torch.ops.load_library(itk_odereg.ops.library_path())`` first and
 needs nothing else from itk_odereg.
 """
@@ -14,10 +24,54 @@ from typing import Optional, Sequence
 
 import torch
 
+from torch import nn
+
+from ..core.intensity import normalize_intensity
 from ..io_utils import atomic_write
 from .pretrained import load_pretrained
 
-__all__ = ["export_model"]
+__all__ = ["export_model", "CheckedModel"]
+
+#: the fewest voxels per axis the exported module accepts (the model's three scales halve the grid twice).
+MIN_VOXELS = 8
+
+
+def _check_input(x: torch.Tensor, name: str, min_voxels: int) -> None:
+    if x.dim() != 5 or x.shape[0] != 1 or x.shape[1] != 1:
+        raise ValueError("MS-ODENet module: '" + name + "' must be a [1, 1, D, H, W] tensor (one 3D image, "
+                         "batch 1, one channel), got shape " + str(list(x.shape)))
+    if not x.is_floating_point():
+        raise ValueError("MS-ODENet module: '" + name + "' must have floating voxels (float32 or float64), got "
+                         "integer, bool or complex ones: convert it with .float()")
+    if min(x.shape[2], x.shape[3], x.shape[4]) < min_voxels:
+        raise ValueError("MS-ODENet module: '" + name + "' must have at least " + str(min_voxels)
+                         + " voxels along every axis, got " + str(list(x.shape[2:])))
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("MS-ODENet module: '" + name + "' has NaN or infinite voxels")
+
+
+class CheckedModel(nn.Module):
+    """An MS-ODENet model behind input checks and intensity normalization (what ``.pt`` exports hold)."""
+
+    def __init__(self, model: nn.Module, min_voxels: int = MIN_VOXELS) -> None:
+        super().__init__()
+        self.model = model
+        self.min_voxels = min_voxels
+
+    def forward(self, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
+        _check_input(fixed, "fixed", self.min_voxels)
+        _check_input(moving, "moving", self.min_voxels)
+        if fixed.shape != moving.shape:
+            raise ValueError("MS-ODENet module: 'fixed' " + str(list(fixed.shape)) + " and 'moving' "
+                             + str(list(moving.shape)) + " must have the same shape (resample both onto one grid)")
+        return self.model(normalize_intensity(fixed.float()), normalize_intensity(moving.float()))
+
+
+def _frozen(module: nn.Module) -> nn.Module:
+    module.eval()
+    for parameter in module.parameters():
+        parameter.requires_grad_(False)
+    return module
 
 DEFAULT_SHAPE = (81, 97, 81)  # the 160x192x160 mm training box at 2 mm
 
@@ -36,11 +90,12 @@ def export_model(name: str, path: str | Path, shape: Optional[Sequence[int]] = N
         ``path`` as a str.
     """
     module, _ = load_pretrained(name)
+    module = _frozen(module)
     path = Path(path)
     if path.suffix == ".pt2":
         size = tuple(shape or DEFAULT_SHAPE)
         example = (torch.zeros(1, 1, *size), torch.zeros(1, 1, *size))
         program = torch.export.export(module, example)
         return atomic_write(path, lambda tmp: torch.export.save(program, tmp), inputs=[name], caller="export_model()")
-    scripted = torch.jit.script(module)
+    scripted = torch.jit.script(CheckedModel(module))
     return atomic_write(path, lambda tmp: torch.jit.save(scripted, tmp), inputs=[name], caller="export_model()")

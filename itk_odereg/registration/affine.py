@@ -24,6 +24,8 @@ import torch
 
 from ..losses import make_metric
 from ..core.sampling import sample_at_world_points
+from ..core.moments import weighted_centroid
+from ..core.random import seeded
 from ..core.separable import gaussian_smooth
 from .adam import Adam
 from .convergence import record_iteration
@@ -71,8 +73,7 @@ def center_of_mass(image: torch.Tensor, index_to_world: torch.Tensor) -> torch.T
     w = torch.where(w > 0.1 * w.max(), w, torch.zeros_like(w)) if w.max() > 0 else torch.ones_like(w)
     axes = [torch.arange(s, dtype=image.dtype, device=image.device) for s in w.shape]
     grids = torch.meshgrid(*axes, indexing="ij")
-    total = w.sum()
-    index = torch.stack([(g * w).sum() / total for g in grids])
+    index = weighted_centroid(torch.stack(grids).reshape(len(grids), -1), w.reshape(-1), reduction="per_axis")
     return index_to_world[:-1, :-1].to(image.dtype) @ index + index_to_world[:-1, -1].to(image.dtype)
 
 
@@ -200,40 +201,39 @@ def affine_register(
         :class:`AffineResult`.
     """
     settings = settings or AffineSettings()
-    if settings.seed is not None:
-        torch.manual_seed(settings.seed)
-    start = time.perf_counter()
-    ndim = fixed.dim() - 2
-    dtype, device = fixed.dtype, fixed.device
-    f_i2w = torch.as_tensor(fixed_index_to_world, dtype=torch.float64)
-    m_i2w = torch.as_tensor(moving_index_to_world, dtype=torch.float64)
-    m_w2i = torch.linalg.inv(m_i2w)
-    f_spacing = [float(torch.linalg.norm(f_i2w[:-1, d])) for d in range(ndim)]
-    m_spacing = [float(torch.linalg.norm(m_i2w[:-1, d])) for d in range(ndim)]
-    metric = make_metric(settings.metric or "lncc", **settings.metric_options)
+    with seeded(settings.seed, fixed.device):
+        start = time.perf_counter()
+        ndim = fixed.dim() - 2
+        dtype, device = fixed.dtype, fixed.device
+        f_i2w = torch.as_tensor(fixed_index_to_world, dtype=torch.float64)
+        m_i2w = torch.as_tensor(moving_index_to_world, dtype=torch.float64)
+        m_w2i = torch.linalg.inv(m_i2w)
+        f_spacing = [float(torch.linalg.norm(f_i2w[:-1, d])) for d in range(ndim)]
+        m_spacing = [float(torch.linalg.norm(m_i2w[:-1, d])) for d in range(ndim)]
+        metric = make_metric(settings.metric or "lncc", **settings.metric_options)
 
-    center = center_of_mass(fixed.double(), f_i2w).to(dtype)
-    shift = (center_of_mass(moving.double(), m_i2w).to(dtype) - center)
-    params = _AffineParameters(center, shift, ndim)
-    levels = []
-    for spacing_mm in settings.level_spacings_mm:
-        level, points = _level_points(list(fixed.shape[2:]), f_spacing, f_i2w, spacing_mm, dtype, device)
-        f_level = downsample_image(fixed, f_spacing, level)
-        sigma_m = [0.5 * spacing_mm / h if spacing_mm > h else 0.0 for h in m_spacing]
-        sampler = _Sampler(gaussian_smooth(moving, sigma_m), m_w2i.to(device), points)
-        levels.append((level, f_level, sampler))
+        center = center_of_mass(fixed.double(), f_i2w).to(dtype)
+        shift = (center_of_mass(moving.double(), m_i2w).to(dtype) - center)
+        params = _AffineParameters(center, shift, ndim)
+        levels = []
+        for spacing_mm in settings.level_spacings_mm:
+            level, points = _level_points(list(fixed.shape[2:]), f_spacing, f_i2w, spacing_mm, dtype, device)
+            f_level = downsample_image(fixed, f_spacing, level)
+            sigma_m = [0.5 * spacing_mm / h if spacing_mm > h else 0.0 for h in m_spacing]
+            sampler = _Sampler(gaussian_smooth(moving, sigma_m), m_w2i.to(device), points)
+            levels.append((level, f_level, sampler))
 
-    if settings.search_degrees > 0:
-        _search_rotation(params, metric, levels[0], settings.search_degrees)
-    history: list = []
-    for stage in settings.stages:
-        if stage not in ("rigid", "affine"):
-            raise ValueError(f'AffineSettings(): invalid stage "{stage}". Must be "rigid" or "affine"')
-        iterations = settings.rigid_iterations if stage == "rigid" else settings.affine_iterations
-        for level_data, n_iter in zip(levels, iterations):
-            _optimize_level(params, stage, metric, level_data, n_iter, settings, history, progress)
+        if settings.search_degrees > 0:
+            _search_rotation(params, metric, levels[0], settings.search_degrees)
+        history: list = []
+        for stage in settings.stages:
+            if stage not in ("rigid", "affine"):
+                raise ValueError(f'AffineSettings(): invalid stage "{stage}". Must be "rigid" or "affine"')
+            iterations = settings.rigid_iterations if stage == "rigid" else settings.affine_iterations
+            for level_data, n_iter in zip(levels, iterations):
+                _optimize_level(params, stage, metric, level_data, n_iter, settings, history, progress)
 
-    with torch.no_grad():
-        linear, t = params.transform(with_affine="affine" in settings.stages)
-    return AffineResult(linear.double().cpu().numpy(), t.double().cpu().numpy(), history,
-                        time.perf_counter() - start)
+        with torch.no_grad():
+            linear, t = params.transform(with_affine="affine" in settings.stages)
+        return AffineResult(linear.double().cpu().numpy(), t.double().cpu().numpy(), history,
+                            time.perf_counter() - start)

@@ -67,7 +67,8 @@ def register(
         iterations: NODEO iterations per pyramid level (coarse to fine); default (150, 100, 50).
         steps: Euler steps on [0, 1] while NODEO optimizes (the returned map integrates the
             optimized flow with at least 4, ``NODEOSettings.output_steps``).
-        seed: random seed (None: not seeded).
+        seed: random seed (None: a fresh seed each run, so runs differ; the one used is ``result.seed``).
+            The caller's torch random state is left as it was either way.
         progress: True for a progress bar on stderr, or a callable receiving one dict per iteration.
         resolution_mm: NODEO works on a grid of about this spacing (mm) spanning the fixed image.
             ``"auto"`` (default): the fixed image's own grid, or 1 mm where the fixed image is

@@ -15,7 +15,9 @@ door that loads the images and returns them in the caller's toolkit.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
+import warnings
 from typing import Callable, Optional
 
 import numpy as np
@@ -25,14 +27,50 @@ from ..core.device import resolve_device
 from ..core.grid import ImageGrid
 from ..core.image import LoadedImage, check_registrable
 from ..core.intensity import normalize_intensity
+from ..core.random import fresh_seed
+from ..core.sampling import sample_at_points
 from .options import RegistrationOptions
 from .progress import ProgressReporter
 from .pyramid import PyramidLevel, downsample_image, resample_to_shape
-from ..core.sampling import sample_at_points
 from .result import Registration
 from .stages import STAGES, StageProblem
 
-__all__ = ["register_images", "working_resolution", "working_grid", "FINEST_AUTO_RESOLUTION_MM"]
+__all__ = ["register_images", "working_resolution", "working_grid", "FINEST_AUTO_RESOLUTION_MM",
+           "MIN_VOXELS_PER_AXIS", "AFFINE_SCALE_RANGE", "ImplausibleTransformWarning"]
+
+#: the fewest voxels an input may have along any axis: with fewer, the image gradients that
+#: drive every stage are one-sided differences over the whole image, and the affine stage
+#: fits scales and shears to noise (a random 3x3x3 image registered to itself got scales
+#: of 1.19 and 0.85).
+MIN_VOXELS_PER_AXIS = 4
+
+#: singular values of the affine's linear part outside this range are reported
+#: (:class:`ImplausibleTransformWarning`): brains of two people, or of one person at two
+#: times, differ in scale by far less than a factor of 2.
+AFFINE_SCALE_RANGE = (0.5, 2.0)
+
+
+class ImplausibleTransformWarning(UserWarning):
+    """The registration finished, but its affine part scales or folds space implausibly."""
+
+
+def _check_size(grid: ImageGrid, name: str, caller: str) -> None:
+    if min(grid.size) < MIN_VOXELS_PER_AXIS:
+        raise ValueError(f"{caller}: '{name}' has only {min(grid.size)} voxel(s) along an axis (size {grid.size}, "
+                         f"ITK order x, y[, z]); registration needs at least {MIN_VOXELS_PER_AXIS} per axis")
+
+
+def _check_affine(A: np.ndarray, caller: str) -> None:
+    scales = np.linalg.svd(A, compute_uv=False)
+    det = float(np.linalg.det(A))
+    low, high = AFFINE_SCALE_RANGE
+    if det <= 0 or scales.min() < low or scales.max() > high:
+        warnings.warn(
+            f"{caller}: the affine stage found an implausible transform (scales {', '.join(f'{v:.3g}' for v in scales)}, "
+            f"determinant {det:.3g}; expected scales within [{low}, {high}] and a positive determinant). The images "
+            "may not overlap enough, be too small or too thin along an axis, or show different anatomy: check the "
+            "result, or register with affine='rigid' (--affine rigid)", ImplausibleTransformWarning, stacklevel=3)
+
 
 FINEST_AUTO_RESOLUTION_MM = 1.0
 
@@ -69,6 +107,37 @@ def _world_points(grid: ImageGrid, device) -> torch.Tensor:
     return torch.as_tensor(grid.world_points().reshape(-1, grid.ndim), dtype=torch.float64, device=device)
 
 
+def _linear_stage(fixed_t, moving_t, fixed_grid: ImageGrid, moving_grid: ImageGrid, options: RegistrationOptions,
+                  report, timings: dict):
+    """(A, t, loss history) of the linear stage on the images' own grids; the identity without one."""
+    ndim = fixed_grid.ndim
+    if options.affine is None:
+        return np.eye(ndim), np.zeros(ndim), []
+    linear = STAGES[options.affine].run(StageProblem(
+        fixed_t, moving_t, fixed_grid.voxel_to_world_matrix_torch_order(),
+        moving_grid.voxel_to_world_matrix_torch_order(), fixed_grid.spacing[::-1], options,
+        progress=report.stage("affine") if report else None, timings=timings))
+    history = [dict(r, stage="affine") if "stage" not in r else r for r in linear.loss_history]
+    return linear.affine_matrix, linear.affine_translation, history
+
+
+def _deformable_stage(fixed_t, moving_t, fixed_grid: ImageGrid, moving_grid: ImageGrid, A, t,
+                      options: RegistrationOptions, report, timings: dict, caller: str):
+    """(working grid, stage result): the deformable stage on the working grid, the moving image
+    resampled once through the affine ``p -> A p + t`` onto it."""
+    device = fixed_t.device
+    work_grid, work_level = working_grid(fixed_grid, working_resolution(options.resolution_mm, fixed_grid, caller))
+    fixed_w = fixed_t if work_level is None else downsample_image(fixed_t, fixed_grid.spacing[::-1], work_level)
+    A_t = torch.as_tensor(A, dtype=torch.float64, device=device)
+    t_t = torch.as_tensor(t, dtype=torch.float64, device=device)
+    moving_w = sample_at_points(moving_t, moving_grid, _world_points(work_grid, device) @ A_t.T + t_t, work_grid.shape)
+    work_to_world = work_grid.voxel_to_world_matrix_torch_order()
+    result = STAGES[options.method].run(StageProblem(
+        fixed_w, moving_w, work_to_world, work_to_world, work_grid.spacing[::-1], options,
+        progress=report.stage("nodeo") if report else None, timings=timings))
+    return work_grid, result
+
+
 def register_images(
     fixed: LoadedImage,
     moving: LoadedImage,
@@ -93,9 +162,13 @@ def register_images(
         RuntimeError: CUDA requested without a CUDA device.
     """
     timings: dict = {}
+    if options.seed is None:
+        options = dataclasses.replace(options, seed=fresh_seed())
     device = resolve_device(options.device, caller)
     check_registrable(fixed.tensor, "fixed", caller)
     check_registrable(moving.tensor, "moving", caller)
+    _check_size(fixed.grid, "fixed", caller)
+    _check_size(moving.grid, "moving", caller)
     if fixed.grid.ndim != moving.grid.ndim:
         raise ValueError(f"{caller}: 'fixed' is {fixed.grid.ndim}D but 'moving' is {moving.grid.ndim}D; "
                          "both must have the same dimension")
@@ -108,31 +181,14 @@ def register_images(
     moving_t = normalize_intensity(moving.tensor).to(device)
     report = ProgressReporter.create(progress)
 
-    # 1. The linear stage.
     t0 = time.perf_counter()
-    if options.affine is None:
-        A, t = np.eye(ndim), np.zeros(ndim)
-        linear_history: list = []
-    else:
-        linear = STAGES[options.affine].run(StageProblem(
-            fixed_t, moving_t, fixed_grid.voxel_to_world_matrix_torch_order(),
-            moving_grid.voxel_to_world_matrix_torch_order(), fixed_grid.spacing[::-1], options,
-            progress=report.stage("affine") if report else None, timings=timings))
-        A, t = linear.affine_matrix, linear.affine_translation
-        linear_history = [dict(r, stage="affine") if "stage" not in r else r for r in linear.loss_history]
+    A, t, linear_history = _linear_stage(fixed_t, moving_t, fixed_grid, moving_grid, options, report, timings)
+    _check_affine(A, caller)
     timings["affine"] = time.perf_counter() - t0
 
-    # 2. The deformable stage, on the working grid.
     t0 = time.perf_counter()
-    work_grid, work_level = working_grid(fixed_grid, working_resolution(options.resolution_mm, fixed_grid, caller))
-    fixed_w = fixed_t if work_level is None else downsample_image(fixed_t, fixed_grid.spacing[::-1], work_level)
-    A_t = torch.as_tensor(A, dtype=torch.float64, device=device)
-    t_t = torch.as_tensor(t, dtype=torch.float64, device=device)
-    moving_w = sample_at_points(moving_t, moving_grid, _world_points(work_grid, device) @ A_t.T + t_t, work_grid.shape)
-    work_to_world = work_grid.voxel_to_world_matrix_torch_order()
-    deformable = STAGES[options.method].run(StageProblem(
-        fixed_w, moving_w, work_to_world, work_to_world, work_grid.spacing[::-1], options,
-        progress=report.stage("nodeo") if report else None, timings=timings))
+    work_grid, deformable = _deformable_stage(fixed_t, moving_t, fixed_grid, moving_grid, A, t, options, report,
+                                              timings, caller)
     elapsed = time.perf_counter() - t0
     if options.method == "msodenet":
         timings["msodenet"] = elapsed
@@ -141,7 +197,7 @@ def register_images(
     if report:
         report.close()
 
-    # 3. Back onto the fixed grid (voxels of the fixed grid, tensor axis order).
+    # Back onto the fixed grid (voxels of the fixed grid, tensor axis order).
     t0 = time.perf_counter()
     scale = torch.tensor([w / f for w, f in zip(work_grid.spacing[::-1], fixed_grid.spacing[::-1])],
                          dtype=deformable.displacement.dtype, device=device).view(1, ndim, *([1] * ndim))
@@ -157,4 +213,5 @@ def register_images(
         inverse_displacement=inverse,
         loss_history=tuple(linear_history + list(deformable.loss_history)),
         timings=timings,
+        seed=options.seed,
     )

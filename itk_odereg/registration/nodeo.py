@@ -19,6 +19,7 @@ import torch
 
 from .. import ops
 from ..core.levels import corner_aligned_level
+from ..core.random import seeded
 from ..core.intensity import robust_range
 from ..losses import MILoss, make_metric
 from ..ode.flow import NeuralODEFlow, invert_displacement
@@ -118,7 +119,8 @@ def _flow_level(level, control_spacing_mm: float):
     generates is too, and linear upsampling of it loses nothing that matters
     while the ODE costs several times less."""
     target = 0.5 * control_spacing_mm
-    factor = max(1.0, target / max(level.spacing_mm))
+    # Per axis (pyramid_level): spacing max(level spacing, target), a thick axis left as it is.
+    factor = max(1.0, target / min(level.spacing_mm))
     return pyramid_level(level.shape, level.spacing_mm, factor)
 
 
@@ -177,38 +179,38 @@ def nodeo_register(
     if initial_displacement is not None and tuple(initial_displacement.shape) != (1, fixed.dim() - 2, *fixed.shape[2:]):
         raise ValueError(f"nodeo_register(): 'initial_displacement' {list(initial_displacement.shape)} must be "
                          f"{[1, fixed.dim() - 2, *fixed.shape[2:]]} (voxels on the images' grid)")
-    if settings.seed is not None:
-        torch.manual_seed(settings.seed)
-    start = time.perf_counter()
-    shape = tuple(fixed.shape[2:])
-    spacing_mm = tuple(float(h) for h in spacing_mm)
-    control_spacing_mm, smoothing_mm = resolved_velocity_scales(settings, spacing_mm)
-    control_shape, control_spacing = _control_grid(shape, spacing_mm, control_spacing_mm)
-    velocity = VelocityNetwork(control_shape, control_spacing, smoothing_mm, settings.hidden_channels)
-    velocity = velocity.to(device=fixed.device, dtype=fixed.dtype)
-    flow = NeuralODEFlow(velocity, settings.steps, settings.method, settings.adjoint)
-    metric = make_metric(settings.metric, **settings.metric_options)
-    _fix_intensity_ranges(metric, fixed, moving)
-    # Adam's step is about the learning rate in parameter units: mm for the
-    # coarse velocity. The state network's weights get a smaller one.
-    groups = [{"params": [velocity.coarse_velocity], "lr": settings.learning_rate_mm}]
-    if velocity.state_net is not None:
-        groups.append({"params": velocity.state_net.parameters(), "lr": settings.learning_rate_mm * 0.05})
-    optimizer = Adam(groups, amsgrad=True)
-    history: list = []
-    full_spacing = _per_axis(spacing_mm, fixed)
+    # On a fork of torch's generator: the caller's random state is left as it was (core/random.py).
+    with seeded(settings.seed, fixed.device):
+        start = time.perf_counter()
+        shape = tuple(fixed.shape[2:])
+        spacing_mm = tuple(float(h) for h in spacing_mm)
+        control_spacing_mm, smoothing_mm = resolved_velocity_scales(settings, spacing_mm)
+        control_shape, control_spacing = _control_grid(shape, spacing_mm, control_spacing_mm)
+        velocity = VelocityNetwork(control_shape, control_spacing, smoothing_mm, settings.hidden_channels)
+        velocity = velocity.to(device=fixed.device, dtype=fixed.dtype)
+        flow = NeuralODEFlow(velocity, settings.steps, settings.method, settings.adjoint)
+        metric = make_metric(settings.metric, **settings.metric_options)
+        _fix_intensity_ranges(metric, fixed, moving)
+        # Adam's step is about the learning rate in parameter units: mm for the
+        # coarse velocity. The state network's weights get a smaller one.
+        groups = [{"params": [velocity.coarse_velocity], "lr": settings.learning_rate_mm}]
+        if velocity.state_net is not None:
+            groups.append({"params": velocity.state_net.parameters(), "lr": settings.learning_rate_mm * 0.05})
+        optimizer = Adam(groups, amsgrad=True)
+        history: list = []
+        full_spacing = _per_axis(spacing_mm, fixed)
 
-    for level_index, (factor, iterations) in enumerate(zip(settings.levels, settings.iterations)):
-        level = pyramid_level(shape, spacing_mm, factor)
-        initial_l = None
-        if initial_displacement is not None:
-            level_spacing = _per_axis(level.spacing_mm, fixed)
-            initial_l = resample_to_shape(initial_displacement * full_spacing, level.shape) / level_spacing
-        _optimize_level(flow, optimizer, metric, settings, level, level_index, factor, iterations,
-                        downsample_image(fixed, spacing_mm, level), downsample_image(moving, spacing_mm, level),
-                        initial_l, control_spacing_mm, history, progress)
-    u_vox, inverse = _final_map(flow, settings, shape, spacing_mm, control_spacing_mm, full_spacing)
-    return NODEOResult(u_vox, inverse, history, time.perf_counter() - start, flow)
+        for level_index, (factor, iterations) in enumerate(zip(settings.levels, settings.iterations)):
+            level = pyramid_level(shape, spacing_mm, factor)
+            initial_l = None
+            if initial_displacement is not None:
+                level_spacing = _per_axis(level.spacing_mm, fixed)
+                initial_l = resample_to_shape(initial_displacement * full_spacing, level.shape) / level_spacing
+            _optimize_level(flow, optimizer, metric, settings, level, level_index, factor, iterations,
+                            downsample_image(fixed, spacing_mm, level), downsample_image(moving, spacing_mm, level),
+                            initial_l, control_spacing_mm, history, progress)
+        u_vox, inverse = _final_map(flow, settings, shape, spacing_mm, control_spacing_mm, full_spacing)
+        return NODEOResult(u_vox, inverse, history, time.perf_counter() - start, flow)
 
 
 def _optimize_level(flow, optimizer, metric, settings: NODEOSettings, level, level_index: int, factor: float,

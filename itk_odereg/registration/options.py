@@ -148,7 +148,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("iterations", "Iterations", None, _check_iterations,
            "NODEO iterations per pyramid level, coarse to fine (None: NODEOSettings.iterations)"),
     Option("steps", "Steps", 4, _check_steps, "Euler steps on t in [0, 1] while NODEO optimizes"),
-    Option("seed", "Seed", 0, _check_seed, "random seed"),
+    Option("seed", "Seed", 0, _check_seed,
+           "random seed of the stages (None: a fresh one each run, recorded in the result's 'seed')"),
     Option("resolution_mm", "ResolutionMM", "auto", _check_resolution,
            "working grid spacing in mm; 'auto' follows the fixed image; None: the fixed grid"),
     Option("nodeo", "NODEOSettings", None, _instance_of(NODEOSettings, "nodeo"),
@@ -210,7 +211,7 @@ class RegistrationOptions:
 
     def affine_stage_settings(self) -> AffineSettings:
         """The affine stage's settings: NGF runs its pre-alignment with mutual information."""
-        settings = self.affine_settings or AffineSettings()
+        settings = self.affine_settings or AffineSettings(seed=self.seed)
         if settings.metric is None:
             # NGF compares edge directions, which only overlap once the images are nearly
             # aligned: the affine stage, which must capture large misalignments, uses MI for it.

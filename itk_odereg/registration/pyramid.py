@@ -14,7 +14,7 @@ from typing import Sequence
 
 import torch
 
-from ..core.levels import corner_aligned_level
+from ..core.levels import axis_factors, corner_aligned_level
 from ..core.separable import apply_separable, compose, gaussian_matrices, resample_linear, resampling_matrices
 
 __all__ = ["PyramidLevel", "pyramid_level", "resample_to_shape", "downsample_image"]
@@ -30,10 +30,15 @@ class PyramidLevel:
 
 
 def pyramid_level(shape: Sequence[int], spacing_mm: Sequence[float], factor: float) -> PyramidLevel:
-    """The corner-aligned level of a grid downsampled by ``factor`` (>= 1)."""
+    """The corner-aligned level of a grid downsampled by ``factor`` (>= 1) relative to its finest axis.
+
+    Per axis (:func:`~itk_odereg.core.levels.axis_factors`): an axis coarser than
+    ``factor * min(spacing_mm)`` is shrunk less or not at all, so thick slices stay thick
+    instead of growing ``factor`` times thicker.
+    """
     if factor < 1:
         raise ValueError(f"pyramid_level(): 'factor' must be >= 1, got {factor}")
-    new_shape, new_spacing = corner_aligned_level(shape, spacing_mm, factor=factor)
+    new_shape, new_spacing = corner_aligned_level(shape, spacing_mm, factor=axis_factors(spacing_mm, factor))
     return PyramidLevel(float(factor), new_shape, new_spacing)
 
 

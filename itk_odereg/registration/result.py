@@ -49,6 +49,7 @@ class Registration:
         inverse_displacement: its inverse, same layout, also on the fixed grid.
         loss_history: per-iteration records of every stage (each has a ``"stage"`` key).
         timings: wall seconds per stage (``load``, ``affine``, ``nodeo``/``msodenet``, ``outputs``, ``total``).
+        seed: the random seed the stages ran with (a fresh one when none was given), to repeat the run.
     """
 
     fixed_grid: ImageGrid
@@ -59,6 +60,7 @@ class Registration:
     inverse_displacement: torch.Tensor = field(repr=False)
     loss_history: tuple = field(default=(), repr=False)
     timings: Mapping[str, float] = field(default_factory=dict)
+    seed: Optional[int] = None
 
     #: target voxels resampled at a time by :meth:`inverse_warp` (bounds its temporary memory)
     CHUNK_POINTS = 1 << 16
