@@ -60,7 +60,8 @@ TYPE_OF_TRANSFORM: dict[str, tuple[Optional[str], str]] = {
 #: ANTs metric names (lower case) accepted for ``metric`` besides ours.
 ANTS_METRICS = {"cc": "lncc", "mattes": "mi", "meansquares": "mse", "lncc": "lncc", "mi": "mi", "mse": "mse", "ngf": "ngf"}
 
-_REGISTER_KEYWORDS = ("device", "iterations", "steps", "seed", "resolution_mm", "nodeo", "affine_settings")
+_REGISTER_KEYWORDS = ("device", "iterations", "steps", "seed", "reproducible", "resolution_mm", "nodeo",
+                      "affine_settings")
 _ANTS_ALIASES = {"random_seed": "seed"}
 
 

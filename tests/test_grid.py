@@ -289,7 +289,10 @@ def test_image_grid_corner_aligned_keeps_the_outer_voxel_centres():
     direction = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
     grid = ImageGrid((81, 60, 33), (1.0, 1.5, 3.0), (10.0, -5.0, 2.0), direction)
     coarse = grid.corner_aligned(2.5)
-    assert coarse.size == (33, 25, 14)
+    # per axis (core.levels.axis_factors): the target is 2.5 x the finest spacing, 2.5 mm; the
+    # 1.5 mm axis is shrunk by 5/3 and the 3 mm axis, already coarser, not at all
+    assert coarse.size == (33, 37, 33)
+    np.testing.assert_allclose(coarse.spacing, (2.5, 59 * 1.5 / 36, 3.0))
     for corner in ((0, 0, 0), (80, 59, 32)):
         fine_point = grid.origin + direction @ (np.asarray(corner) * grid.spacing)
         coarse_index = np.asarray([0, 0, 0]) if corner == (0, 0, 0) else np.asarray(coarse.size) - 1

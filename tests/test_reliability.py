@@ -404,3 +404,23 @@ def test_exported_module_refuses_bad_inputs_clearly(exported, case, match):
     # float64 is accepted (cast to float32)
     assert exported(torch.rand(1, 1, 24, 28, 24, dtype=torch.float64),
                     torch.rand(1, 1, 24, 28, 24, dtype=torch.float64)).dtype == torch.float32
+
+
+def test_reproducible_mode_gives_the_same_answer_at_any_thread_count():
+    from itk_odereg import ODERegistrationMethod, register
+
+    fixed, moving = oblique_pair()
+    previous = torch.get_num_threads()
+    fields = {}
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            fields[threads] = register(fixed, moving, iterations=(20, 10, 5), reproducible=True).deformable_field_mm
+            assert torch.get_num_threads() == threads        # the caller's setting is restored
+    finally:
+        torch.set_num_threads(previous)
+    assert np.array_equal(fields[1], fields[2])
+    method = ODERegistrationMethod()
+    assert method.GetReproducible() is False
+    method.ReproducibleOn()
+    assert method.GetReproducible() is True

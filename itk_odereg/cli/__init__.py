@@ -163,6 +163,9 @@ def _add_register_command(sub: Any, common: argparse.ArgumentParser) -> None:
                      help="Euler steps on t in [0, 1] while NODEO optimizes (default 4; the written map "
                           "integrates the optimized flow with at least 4)")
     reg.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    reg.add_argument("--reproducible", action="store_true",
+                     help="bit-identical outputs for a seed at any --threads: the stages run on one thread "
+                          "(slower). Without it, the same seed and thread count repeat exactly")
     reg.add_argument("--resolution", type=_resolution, default="auto", metavar="MM",
                      help="NODEO working grid spacing in mm (default auto: the fixed image's own grid, "
                           "or 1 mm for images finer than 1 mm; 0: always the fixed grid)")

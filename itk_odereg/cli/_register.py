@@ -64,6 +64,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
             "register()", method=args.method, model=args.model or "bspline", metric=args.metric,
             affine=None if args.affine == "none" else args.affine, device=args.device,
             iterations=tuple(args.iterations) if args.iterations else None, steps=args.steps, seed=args.seed,
+            reproducible=args.reproducible,
             resolution_mm=args.resolution if args.resolution == "auto" else (args.resolution or None))
     except (ValueError, TypeError) as err:
         raise CLIError(_cli_message(err)) from None

@@ -47,6 +47,7 @@ def register(
     nodeo: Optional[NODEOSettings] = None,
     affine_settings: Optional[AffineSettings] = None,
     model: str = "bspline",
+    reproducible: bool = False,
 ) -> RegistrationResult:
     """Register ``moving`` to ``fixed`` with NODEO after an affine pre-alignment.
 
@@ -81,6 +82,9 @@ def register(
             model name: ``"bspline"`` (the default: the affine stage already aligned the images,
             and the shipped rigid stage lowers Dice on aligned pairs, see benchmarks/README.md),
             ``"rigid+bspline"``, ``"rigid"``.
+        reproducible: run the stages on one thread, so that the same seed gives bit-identical
+            outputs whatever the thread count (by default the same seed and thread count do; two
+            thread counts sum in different orders, see docs/methods.md, "Reproducibility").
 
     Returns:
         :class:`RegistrationResult` in the caller's image type. Transforms map fixed
@@ -96,7 +100,7 @@ def register(
     options = RegistrationOptions.create(
         "register()", method=method, metric=metric, affine=affine, device=device,
         iterations=iterations, steps=steps, seed=seed, resolution_mm=resolution_mm, nodeo=nodeo,
-        affine_settings=affine_settings, model=model)
+        affine_settings=affine_settings, model=model, reproducible=reproducible)
     return register_loaded(load_image(fixed, "fixed", "register()"), load_image(moving, "moving", "register()"),
                            options, progress=progress, started=start)
 

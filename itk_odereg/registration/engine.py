@@ -15,6 +15,7 @@ door that loads the images and returns them in the caller's toolkit.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 import warnings
@@ -138,6 +139,41 @@ def _deformable_stage(fixed_t, moving_t, fixed_grid: ImageGrid, moving_grid: Ima
     return work_grid, result
 
 
+@contextlib.contextmanager
+def _threads(count: Optional[int]):
+    """torch's intra-op thread count set to ``count`` for the block (None: left as it is)."""
+    if count is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run_stages(fixed_t, moving_t, fixed_grid: ImageGrid, moving_grid: ImageGrid, options: RegistrationOptions,
+                report, timings: dict, caller: str):
+    """The linear stage, then the deformable stage on the working grid; fills ``timings``."""
+    t0 = time.perf_counter()
+    A, t, linear_history = _linear_stage(fixed_t, moving_t, fixed_grid, moving_grid, options, report, timings)
+    _check_affine(A, caller)
+    timings["affine"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    work_grid, deformable = _deformable_stage(fixed_t, moving_t, fixed_grid, moving_grid, A, t, options, report,
+                                              timings, caller)
+    elapsed = time.perf_counter() - t0
+    if options.method == "msodenet":
+        timings["msodenet"] = elapsed
+    elif options.method != "none":
+        timings["nodeo"] = elapsed - timings.get("msodenet", 0.0)
+    if report:
+        report.close()
+    return A, t, linear_history, work_grid, deformable
+
+
 def register_images(
     fixed: LoadedImage,
     moving: LoadedImage,
@@ -181,29 +217,18 @@ def register_images(
     moving_t = normalize_intensity(moving.tensor).to(device)
     report = ProgressReporter.create(progress)
 
-    t0 = time.perf_counter()
-    A, t, linear_history = _linear_stage(fixed_t, moving_t, fixed_grid, moving_grid, options, report, timings)
-    _check_affine(A, caller)
-    timings["affine"] = time.perf_counter() - t0
+    # Reproducible mode: one thread, so that no sum depends on how the work was split.
+    with _threads(1 if options.reproducible else None):
+        A, t, linear_history, work_grid, deformable = _run_stages(
+            fixed_t, moving_t, fixed_grid, moving_grid, options, report, timings, caller)
 
-    t0 = time.perf_counter()
-    work_grid, deformable = _deformable_stage(fixed_t, moving_t, fixed_grid, moving_grid, A, t, options, report,
-                                              timings, caller)
-    elapsed = time.perf_counter() - t0
-    if options.method == "msodenet":
-        timings["msodenet"] = elapsed
-    elif options.method != "none":
-        timings["nodeo"] = elapsed - timings.get("msodenet", 0.0)
-    if report:
-        report.close()
-
-    # Back onto the fixed grid (voxels of the fixed grid, tensor axis order).
-    t0 = time.perf_counter()
-    scale = torch.tensor([w / f for w, f in zip(work_grid.spacing[::-1], fixed_grid.spacing[::-1])],
-                         dtype=deformable.displacement.dtype, device=device).view(1, ndim, *([1] * ndim))
-    displacement = resample_to_shape(deformable.displacement * scale, fixed_grid.shape)
-    inverse = resample_to_shape(deformable.inverse_displacement * scale, fixed_grid.shape)
-    timings["outputs"] = time.perf_counter() - t0
+        # Back onto the fixed grid (voxels of the fixed grid, tensor axis order).
+        t0 = time.perf_counter()
+        scale = torch.tensor([w / f for w, f in zip(work_grid.spacing[::-1], fixed_grid.spacing[::-1])],
+                             dtype=deformable.displacement.dtype, device=device).view(1, ndim, *([1] * ndim))
+        displacement = resample_to_shape(deformable.displacement * scale, fixed_grid.shape)
+        inverse = resample_to_shape(deformable.inverse_displacement * scale, fixed_grid.shape)
+        timings["outputs"] = time.perf_counter() - t0
     return Registration(
         fixed_grid=fixed_grid,
         moving_grid=moving_grid,

@@ -21,7 +21,7 @@ from .. import ops
 from ..core.levels import corner_aligned_level
 from ..core.random import seeded
 from ..core.intensity import robust_range
-from ..losses import MILoss, make_metric
+from ..losses import LNCCLoss, MILoss, make_metric
 from ..ode.flow import NeuralODEFlow, invert_displacement
 from ..ode.velocity import VelocityNetwork
 from .adam import Adam
@@ -206,11 +206,32 @@ def nodeo_register(
             if initial_displacement is not None:
                 level_spacing = _per_axis(level.spacing_mm, fixed)
                 initial_l = resample_to_shape(initial_displacement * full_spacing, level.shape) / level_spacing
+            _fit_window_to_spacing(metric, settings, level.spacing_mm)
             _optimize_level(flow, optimizer, metric, settings, level, level_index, factor, iterations,
                             downsample_image(fixed, spacing_mm, level), downsample_image(moving, spacing_mm, level),
                             initial_l, control_spacing_mm, history, progress)
         u_vox, inverse = _final_map(flow, settings, shape, spacing_mm, control_spacing_mm, full_spacing)
         return NODEOResult(u_vox, inverse, history, time.perf_counter() - start, flow)
+
+
+def _fit_window_to_spacing(metric: torch.nn.Module, settings: NODEOSettings, spacing_mm: Sequence[float]) -> None:
+    """Give LNCC's window about the same extent in mm along every axis of an anisotropic level.
+
+    The default window is 9 voxels of the finest axis; an axis ``k`` times coarser gets the odd
+    width nearest ``9 / k`` (at least 3), so that a thick-slice axis is not compared over a
+    window several times longer than the in-plane ones. Isotropic levels, and windows the
+    caller chose (``metric_options={"window": ...}``), are left as they are.
+    """
+    if not isinstance(metric, LNCCLoss) or "window" in settings.metric_options:
+        return
+    base = getattr(metric, "base_window", metric.window)
+    if not isinstance(base, int):
+        return
+    metric.base_window = base
+    finest = min(spacing_mm)
+    widths = tuple(base if h == finest else max(3, 2 * int(round((base * finest / h - 1) / 2)) + 1)
+                   for h in spacing_mm)
+    metric.window = base if len(set(widths)) == 1 else widths
 
 
 def _optimize_level(flow, optimizer, metric, settings: NODEOSettings, level, level_index: int, factor: float,

@@ -103,6 +103,14 @@ def _check_resolution(value: Any, caller: str):
     return out
 
 
+def _check_flag(name: str) -> Callable[[Any, str], bool]:
+    def check(value: Any, caller: str) -> bool:
+        if not isinstance(value, (bool, int)) or isinstance(value, int) and value not in (0, 1):
+            raise TypeError(f"{caller}: '{name}' must be True or False, got {value!r}")
+        return bool(value)
+    return check
+
+
 def _instance_of(cls: type, name: str) -> Callable[[Any, str], Any]:
     def check(value: Any, caller: str) -> Any:
         if value is not None and not isinstance(value, cls):
@@ -150,6 +158,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("steps", "Steps", 4, _check_steps, "Euler steps on t in [0, 1] while NODEO optimizes"),
     Option("seed", "Seed", 0, _check_seed,
            "random seed of the stages (None: a fresh one each run, recorded in the result's 'seed')"),
+    Option("reproducible", "Reproducible", False, _check_flag("reproducible"),
+           "run the stages on one thread, so that a seed gives bit-identical outputs at any thread count "
+           "(slower; docs/methods.md section 'Reproducibility')", boolean=True),
     Option("resolution_mm", "ResolutionMM", "auto", _check_resolution,
            "working grid spacing in mm; 'auto' follows the fixed image; None: the fixed grid"),
     Option("nodeo", "NODEOSettings", None, _instance_of(NODEOSettings, "nodeo"),
@@ -173,6 +184,7 @@ class RegistrationOptions:
     iterations: Optional[tuple[int, ...]] = None
     steps: int = 4
     seed: Optional[int] = 0
+    reproducible: bool = False
     resolution_mm: Any = "auto"
     nodeo: Optional[NODEOSettings] = None
     affine_settings: Optional[AffineSettings] = None
