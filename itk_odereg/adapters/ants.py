@@ -109,6 +109,33 @@ def run_jobs(jobs: Sequence[Callable[[], Any]], threads: Optional[int]) -> None:
         future.result()
 
 
+def _write_members(out: OutputSet, paths: Mapping[str, str], items: Mapping[str, Any], image: Callable[[str], Any],
+                   transforms_job: Callable[[], None], inputs: Sequence[Any], threads: Optional[int],
+                   caller: str) -> None:
+    """Every image and transform member of :func:`write_ants_files` to its temporary name in ``out``.
+
+    Each image is built and written uncompressed one at a time, so that no two of these large
+    temporaries coexist; the compressions then run in parallel with the transform files (their
+    memory is small, and zlib releases the GIL). Largest files first.
+    """
+    image_roles = [role for role in ANTS_FILE_NAMES if role in items and role not in _TRANSFORM_ROLES + ("qc",)]
+    order = {"warp": 0, "inverse_warp": 1, "warped": 2, "inverse_warped": 3, "jacobian": 4}
+    staged = []
+    try:
+        for role in sorted(image_roles, key=lambda r: order.get(r, 9)):
+            if paths[role].lower().endswith(".nii.gz"):
+                staged.append(stage_image(image(role), paths[role], inputs=inputs, caller=caller))
+            else:
+                out.write(paths[role], lambda tmp, r=role: write_image(image(r), tmp, caller=caller))
+        jobs: list = [lambda item=item: item.finish(into=out) for item in staged]
+        if any(role in items for role in _TRANSFORM_ROLES):
+            jobs.append(transforms_job)
+        run_jobs(jobs, threads)
+    finally:
+        for item in staged:
+            item.abort()
+
+
 def write_ants_files(
     prefix: PathLike,
     items: Mapping[str, Any],
@@ -162,27 +189,8 @@ def write_ants_files(
                 out.write(paths[role], lambda tmp, t=transform: sitk.WriteTransform(t, tmp),
                           read_back=sitk.ReadTransform if paths[role].lower().endswith(".mat") else None)
 
-    image_roles = [role for role in ANTS_FILE_NAMES if role in items and role not in _TRANSFORM_ROLES + ("qc",)]
-    # Each image is built and written uncompressed one at a time, so that no two of these
-    # large temporaries coexist; the compressions then run in parallel with the transform
-    # files (their memory is small, and zlib releases the GIL). Largest files first. Every
-    # file goes to a temporary name of ``out``; only a complete set is moved into place.
-    order = {"warp": 0, "inverse_warp": 1, "warped": 2, "inverse_warped": 3, "jacobian": 4}
-    staged = []
     with out:
-        try:
-            for role in sorted(image_roles, key=lambda r: order.get(r, 9)):
-                if paths[role].lower().endswith(".nii.gz"):
-                    staged.append(stage_image(image(role), paths[role], inputs=inputs, caller=caller))
-                else:
-                    out.write(paths[role], lambda tmp, r=role: write_image(image(r), tmp, caller=caller))
-            jobs: list = [lambda item=item: item.finish(into=out) for item in staged]
-            if any(role in items for role in _TRANSFORM_ROLES):
-                jobs.append(transforms_job)
-            run_jobs(jobs, threads)
-        finally:
-            for item in staged:
-                item.abort()
+        _write_members(out, paths, items, image, transforms_job, inputs, threads, caller)
         if "qc" in items:
             out.write(paths["qc"], items["qc"])
         stale = [path for role, path in ants_output_paths(os.fspath(prefix), ANTS_FILE_NAMES).items()
