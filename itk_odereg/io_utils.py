@@ -466,10 +466,7 @@ class StagedImage:
 
     def abort(self) -> None:
         """Remove the staged temporary file (nothing under the final name is touched)."""
-        try:
-            os.remove(self.raw)
-        except OSError:
-            pass
+        _remove_quietly(self.raw)
 
 
 def stage_image(
@@ -498,8 +495,7 @@ def stage_image(
         raise ValueError(f"{caller}: 'compression_level' must be 0..9, got {compression_level!r}")
     inputs = list(inputs)
     dest, directory = _check_destination(dest, inputs, caller)
-    stem, _ = split_extension(dest)
-    raw = os.path.join(directory, f".{stem}.tmp-{uuid.uuid4().hex[:12]}.nii")
+    raw = _temp_path(dest, directory)[: -len(".gz")]   # ".<stem>.tmp-<random>.nii": hidden, unique
     _write_checked(raw, dest, directory, lambda tmp: sitk.WriteImage(image, tmp, useCompression=False), caller,
                    _raw_nifti_bytes(image), None)
     return StagedImage(dest, raw, level, inputs, caller)

@@ -21,7 +21,7 @@ import sys
 import warnings
 from typing import Any, Optional, Sequence
 
-from ._common import CLIError, PROG, _resolution, _sitk_message
+from ._common import CLIError, PROG, _error_text, _resolution, _sitk_message
 from ._train_export import _cmd_export, _cmd_train
 from ._register import _cmd_register, register_outputs
 from ._apply import _cmd_apply
@@ -314,9 +314,7 @@ def _terminate_as_exception():
 def _one_line(err: BaseException) -> str:
     if isinstance(err, CLIError):
         return str(err)
-    text = (err.strerror if isinstance(err, OSError) and err.strerror else str(err)).strip()
-    if text.startswith(f"{PROG}: "):
-        text = text[len(PROG) + 2:]
+    text = _error_text(err).strip()
     if "sitk::ERROR:" in text or "itk::ERROR" in text or "ITK ERROR" in text:
         text = _sitk_message(err)
     first = text.splitlines()[0] if text else ""

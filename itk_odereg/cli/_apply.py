@@ -117,14 +117,12 @@ def _is_integer_image(image) -> bool:
 
 def _check_output_grid(reference, output: str) -> None:
     """A NIfTI output cannot hold a sheared reference grid: ITK would write the nearest rotation."""
-    import numpy as np
-
-    from ..core.image import ORTHONORMAL_TOLERANCE
+    from ..core.grid import ImageGrid
+    from ..core.image import ORTHONORMAL_TOLERANCE, direction_error
 
     if not output.lower().endswith((".nii", ".nii.gz")):
         return
-    d = np.asarray(reference.GetDirection(), dtype=np.float64).reshape(reference.GetDimension(), -1)
-    error = float(np.abs(d.T @ d - np.eye(d.shape[0])).max())
+    error = direction_error(ImageGrid.from_sitk(reference).direction)
     if error > ORTHONORMAL_TOLERANCE:
         raise CLIError(f"the reference image (-r) has a direction matrix that is not orthonormal (max |D^T D - I| = "
                        f"{error:.3g}); a NIfTI output ('{output}') cannot hold that grid (ITK would write the nearest "

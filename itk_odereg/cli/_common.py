@@ -69,6 +69,12 @@ def _check_file_integrity(path: str, option: str) -> None:
         raise CLIError(str(err)) from None
 
 
+def _error_text(err: BaseException) -> str:
+    """An error's message without the errno prefix of an OSError or a leading program name."""
+    text = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+    return text[len(PROG) + 2:] if text.startswith(f"{PROG}: ") else text
+
+
 def _sitk_message(err: BaseException) -> str:
     msg = str(err)
     if "sitk::ERROR:" in msg:

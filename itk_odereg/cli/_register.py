@@ -5,7 +5,7 @@ import argparse
 import sys
 import time
 
-from ._common import CLIError, PROG, _check_input_file, _check_prefix, _read_input
+from ._common import CLIError, PROG, _check_input_file, _check_prefix, _error_text, _read_input
 
 
 def register_outputs(prefix: str, qc: bool = False) -> dict[str, str]:
@@ -31,9 +31,7 @@ _FLAGS = {"method": "--method", "model": "--model", "metric": "--metric", "affin
 
 def _cli_message(err: BaseException) -> str:
     """An engine or options error in the command line's terms: flags and -f/-m instead of Python names."""
-    text = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-    text = text.replace(f"{PROG}: ", "", 1) if text.startswith(f"{PROG}: ") else text
-    text = text.replace("register(): 'fixed'", "fixed image (-f)").replace("register(): 'moving'", "moving image (-m)")
+    text = _error_text(err).replace("register(): 'fixed'", "fixed image (-f)").replace("register(): 'moving'", "moving image (-m)")
     for key, flag in _FLAGS.items():
         text = text.replace(f"register(): '{key}'", flag).replace(f"register(): invalid {key}", f"invalid {flag}")
     text = text.replace("register(): ", "")

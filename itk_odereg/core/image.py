@@ -181,6 +181,12 @@ def _itk_to_array(image: Any, caller: str, name: str) -> tuple[np.ndarray, Image
 ORTHONORMAL_TOLERANCE = 1e-3
 
 
+def direction_error(direction: np.ndarray) -> float:
+    """``max |D^T D - I|`` of a direction matrix ``D`` (0 for a rotation or reflection)."""
+    d = np.asarray(direction, dtype=np.float64)
+    return float(np.abs(d.T @ d - np.eye(d.shape[0])).max())
+
+
 def _check_direction(grid: ImageGrid, caller: str, name: str) -> None:
     """Refuse a direction matrix that is not a rotation (or reflection): a sheared or scaled grid.
 
@@ -188,10 +194,9 @@ def _check_direction(grid: ImageGrid, caller: str, name: str) -> None:
     outputs would sit up to voxels away from the input), and ITK's transforms assume the grid's
     axes are perpendicular and of unit length.
     """
-    d = grid.direction
-    error = float(np.abs(d.T @ d - np.eye(grid.ndim)).max())
+    error = direction_error(grid.direction)
     if error > ORTHONORMAL_TOLERANCE:
-        rows = "; ".join(" ".join(f"{v:.4g}" for v in row) for row in d)
+        rows = "; ".join(" ".join(f"{v:.4g}" for v in row) for row in grid.direction)
         raise ValueError(
             f"{_prefix(caller, name)} has a direction matrix that is not orthonormal (max |D^T D - I| = {error:.3g}; "
             f"D = [{rows}]): its axes are sheared or scaled. NIfTI outputs cannot hold such a grid (ITK would "
