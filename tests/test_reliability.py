@@ -347,6 +347,19 @@ def test_seed_none_is_unseeded_and_the_callers_rng_is_left_alone():
     assert np.array_equal(again.deformable_field_mm, fields[0])
 
 
+@pytest.mark.parametrize("options, match", [
+    ({"iterations": (0, 0, 0)}, "leaves every level without iterations"),
+    ({"iterations": 0}, "leaves every level without iterations"),
+    ({"resolution_mm": 1000}, r"'resolution_mm' 1000 mm gives a working grid of size \(\d, \d, \d\) .* spanning \[40.0, 42.0, 44.2\] mm"),
+])
+def test_options_that_would_skip_the_deformable_stage_are_refused(options, match):
+    from itk_odereg import register
+
+    fixed, moving = oblique_pair()
+    with pytest.raises(ValueError, match=match):
+        register(fixed, moving, **options)
+
+
 # --------------------------------------------------------------------------------- exported module
 
 
@@ -404,6 +417,36 @@ def test_exported_module_refuses_bad_inputs_clearly(exported, case, match):
     # float64 is accepted (cast to float32)
     assert exported(torch.rand(1, 1, 24, 28, 24, dtype=torch.float64),
                     torch.rand(1, 1, 24, 28, 24, dtype=torch.float64)).dtype == torch.float32
+
+
+@pytest.fixture(scope="module")
+def exported_program(tmp_path_factory, exported):   # after `exported`: the ops' library is loaded
+    from itk_odereg.msodenet.export import export_model
+
+    path = tmp_path_factory.mktemp("export") / "m.pt2"
+    export_model("bspline", path, shape=(24, 28, 24))
+    return torch.export.load(str(path)).module()
+
+
+def test_exported_program_normalizes_like_the_module_and_refuses_nan(exported, exported_program):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(1, 1, 24, 28, 24, generator=g), torch.rand(1, 1, 24, 28, 24, generator=g)
+    u = exported_program(1000 * x, 1000 * y)           # raw intensities: normalized inside
+    assert (u - exported(x, y)).abs().max() < 1e-4 and not u.requires_grad
+    y[0, 0, 3, 3, 3] = float("inf")
+    with pytest.raises(RuntimeError, match="'moving' has NaN or infinite voxels"):
+        exported_program(x, y)
+    with pytest.raises(Exception, match=r"size\(\)\[4\] == 24"):   # the program's own shape guard
+        exported_program(x[..., :-1], y[..., :-1])
+
+
+@pytest.mark.parametrize("shape", [(0, 0, 0), (4, 40, 40), (24, 28)])
+def test_export_refuses_a_program_shape_the_model_cannot_take(tmp_path, shape):
+    from itk_odereg.msodenet.export import export_model
+
+    with pytest.raises(ValueError, match="'shape' must be three sizes .* at least 8 voxels"):
+        export_model("bspline", tmp_path / "m.pt2", shape=shape)
+    assert not (tmp_path / "m.pt2").exists()
 
 
 def test_reproducible_mode_gives_the_same_answer_at_any_thread_count():

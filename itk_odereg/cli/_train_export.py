@@ -41,6 +41,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
     try:
         export_model(args.model, args.output, shape=args.shape)
     except (FileNotFoundError, ValueError) as err:
-        raise CLIError(str(err)) from None
+        raise CLIError(str(err).replace("export_model(): 'shape'", "--shape")) from None
     sys.stderr.write(f"{PROG} export: wrote {args.output}\n")
     return 0

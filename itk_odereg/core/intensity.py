@@ -50,21 +50,31 @@ def robust_range(x: torch.Tensor, percentiles: Tuple[float, float] = (1.0, 99.0)
     return order_stat(lo_p), order_stat(hi_p)
 
 
+def _interpolated_bounds(flat: torch.Tensor, lo_p: float, hi_p: float,
+                         samples: int = INTERPOLATED_SAMPLES) -> torch.Tensor:
+    """The ``interpolation="linear"`` percentiles of a flat tensor as a float64 tensor [low, high]
+    (TorchScript- and torch.export-compatible: no Python number is read from the data; the sample
+    count is a default argument, since TorchScript cannot read module-level numbers)."""
+    sample = flat[:: max(1, flat.numel() // samples)]
+    q = torch.tensor([lo_p / 100.0, hi_p / 100.0], dtype=torch.float64, device=flat.device)
+    return torch.quantile(sample.double(), q)
+
+
 def _interpolated_range(flat: torch.Tensor, lo_p: float, hi_p: float,
                         samples: int = INTERPOLATED_SAMPLES) -> Tuple[float, float]:
-    """The ``interpolation="linear"`` variant of :func:`robust_range` on a flat tensor (TorchScript-compatible:
-    the sample count is a default argument, since TorchScript cannot read module-level numbers)."""
-    sample = flat[:: max(1, flat.numel() // samples)]
-    bounds = torch.quantile(sample.double(), torch.tensor([lo_p / 100.0, hi_p / 100.0], dtype=torch.float64))
+    """The ``interpolation="linear"`` variant of :func:`robust_range` on a flat tensor."""
+    bounds = _interpolated_bounds(flat, lo_p, hi_p, samples)
     return float(bounds[0]), float(bounds[1])
 
 
 def normalize_intensity(image: torch.Tensor) -> torch.Tensor:
     """Map the 1st..99th percentile of ``image`` to [0, 1] (no clipping); a constant image is only shifted.
 
-    TorchScript-compatible: the exported MS-ODENet module (:mod:`itk_odereg.msodenet.export`)
-    normalizes its inputs with it, as the engine does.
+    TorchScript- and torch.export-compatible (the bounds stay tensors): the exported MS-ODENet
+    module and program (:mod:`itk_odereg.msodenet.export`) normalize their inputs with it, as the
+    engine does. The result keeps ``image``'s dtype (the float64 bounds are 0-dim tensors).
     """
-    lo, hi = _interpolated_range(image.detach().reshape(-1), 1.0, 99.0)
-    scale = hi - lo if hi - lo > 0 else 1.0
-    return (image - lo) / scale
+    bounds = _interpolated_bounds(image.detach().reshape(-1), 1.0, 99.0)
+    width = bounds[1] - bounds[0]
+    scale = torch.where(width > 0, width, torch.ones_like(width))
+    return (image - bounds[0]) / scale

@@ -12,8 +12,11 @@ voxels, NaN or infinite voxels), casts floating inputs to float32 and maps each
 image's 1st..99th percentile to [0, 1], as the engine does
 (:func:`itk_odereg.core.intensity.normalize_intensity`), so raw intensities
 (0 to 1000, say) give the same map as normalized ones. The ``.pt2`` program is
-specialized to one shape and takes normalized float32 inputs unchecked
-(``torch.export`` cannot raise on the data). They call the ops as ``torch.ops.itk_odereg.*``: a process loads
+:class:`CheckedProgram`: specialized to one shape and to float32, which the program's own
+guards check on every call ("Guard failed: moving.size()[4] == 81", "Tensor dtype
+mismatch"); it refuses NaN or infinite voxels with a message naming the input (an assertion
+in the graph, since ``torch.export`` cannot branch on the data) and normalizes its inputs as
+the ``.pt`` module does. They call the ops as ``torch.ops.itk_odereg.*``: a process loads
 them with ``torch.ops.load_library(itk_odereg.ops.library_path())`` first and
 needs nothing else from itk_odereg.
 """
@@ -30,7 +33,7 @@ from ..core.intensity import normalize_intensity
 from ..io_utils import atomic_write
 from .pretrained import load_pretrained
 
-__all__ = ["export_model", "CheckedModel"]
+__all__ = ["export_model", "CheckedModel", "CheckedProgram"]
 
 #: the fewest voxels per axis the exported module accepts (the model's three scales halve the grid twice).
 MIN_VOXELS = 8
@@ -67,6 +70,30 @@ class CheckedModel(nn.Module):
         return self.model(normalize_intensity(fixed.float()), normalize_intensity(moving.float()))
 
 
+class CheckedProgram(nn.Module):
+    """What ``.pt2`` programs hold: the model behind a finiteness assertion and intensity
+    normalization (the shapes and dtype are the exported program's own guards)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
+        for name, x in (("fixed", fixed), ("moving", moving)):
+            # an op in the graph, checked on every call; a Python `if` would be decided once, at export
+            torch.ops.aten._assert_async.msg(torch.isfinite(x).all(),
+                                             "MS-ODENet program: '" + name + "' has NaN or infinite voxels")
+        return self.model(normalize_intensity(fixed), normalize_intensity(moving))
+
+
+def _check_shape(shape: Optional[Sequence[int]]) -> tuple:
+    size = tuple(shape or DEFAULT_SHAPE)
+    if len(size) != 3 or any(isinstance(n, bool) or not isinstance(n, int) or n < MIN_VOXELS for n in size):
+        raise ValueError(f"export_model(): 'shape' must be three sizes (D, H, W) of at least {MIN_VOXELS} voxels "
+                         f"(the model's three scales halve the grid twice), got {list(size)}")
+    return size
+
+
 def _frozen(module: nn.Module) -> nn.Module:
     module.eval()
     for parameter in module.parameters():
@@ -83,19 +110,19 @@ def export_model(name: str, path: str | Path, shape: Optional[Sequence[int]] = N
         name: ``"bspline"``, ``"rigid"`` or ``"rigid+bspline"`` (shipped), or a ``.pt``
             model file written by ``itk-odereg train``.
         path: output file; written atomically.
-        shape: example input size (D, H, W) for torch.export, which specializes
-            the program to it (default 81x97x81). TorchScript takes any size.
+        shape: input size (D, H, W) for torch.export, which specializes the program
+            to it (default 81x97x81; at least 8 per axis). TorchScript takes any size.
 
     Returns:
         ``path`` as a str.
     """
+    path = Path(path)
+    size = _check_shape(shape) if path.suffix == ".pt2" else None
     module, _ = load_pretrained(name)
     module = _frozen(module)
-    path = Path(path)
-    if path.suffix == ".pt2":
-        size = tuple(shape or DEFAULT_SHAPE)
+    if size is not None:
         example = (torch.zeros(1, 1, *size), torch.zeros(1, 1, *size))
-        program = torch.export.export(module, example)
+        program = torch.export.export(CheckedProgram(module), example)
         return atomic_write(path, lambda tmp: torch.export.save(program, tmp), inputs=[name], caller="export_model()")
     scripted = torch.jit.script(CheckedModel(module))
     return atomic_write(path, lambda tmp: torch.jit.save(scripted, tmp), inputs=[name], caller="export_model()")

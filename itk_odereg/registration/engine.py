@@ -104,6 +104,21 @@ def working_grid(grid: ImageGrid, resolution_mm: Optional[float]):
     return work, PyramidLevel(float(factor), work.shape, tuple(float(h) for h in work.spacing[::-1]))
 
 
+def _check_working_grid(grid: ImageGrid, options: RegistrationOptions, caller: str) -> None:
+    """Refuse a ``resolution_mm`` so coarse that the working grid loses an axis the fixed image has."""
+    if options.method == "none":
+        return
+    resolution = working_resolution(options.resolution_mm, grid, caller)
+    work, _ = working_grid(grid, resolution)
+    if min(work.size) < MIN_VOXELS_PER_AXIS:
+        extent = [round(float((n - 1) * h), 1) for n, h in zip(grid.size, grid.spacing)]
+        finest_ok = min(extent) / (MIN_VOXELS_PER_AXIS - 1)
+        raise ValueError(f"{caller}: 'resolution_mm' {resolution:g} mm gives a working grid of size {work.size} "
+                         f"(ITK order x, y[, z]) for a fixed image spanning {extent} mm; the deformable stage "
+                         f"needs at least {MIN_VOXELS_PER_AXIS} voxels per axis: use at most {finest_ok:.3g} mm, "
+                         "or 'auto'")
+
+
 def _world_points(grid: ImageGrid, device) -> torch.Tensor:
     return torch.as_tensor(grid.world_points().reshape(-1, grid.ndim), dtype=torch.float64, device=device)
 
@@ -205,6 +220,7 @@ def register_images(
     check_registrable(moving.tensor, "moving", caller)
     _check_size(fixed.grid, "fixed", caller)
     _check_size(moving.grid, "moving", caller)
+    _check_working_grid(fixed.grid, options, caller)
     if fixed.grid.ndim != moving.grid.ndim:
         raise ValueError(f"{caller}: 'fixed' is {fixed.grid.ndim}D but 'moving' is {moving.grid.ndim}D; "
                          "both must have the same dimension")

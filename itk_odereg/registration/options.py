@@ -70,6 +70,11 @@ def _check_iterations(value: Any, caller: str) -> Optional[tuple[int, ...]]:
     if not out or any(v < 0 for v in out) or any(int(v) != v for v in value):
         raise ValueError(f"{caller}: 'iterations' must be non-negative integers, one per pyramid level "
                          f"(coarse to fine, at most 3 with the default levels), got {list(value)!r}")
+    if not any(out):
+        # ANTs' 0 at a level skips it; 0 at every level would return an identity warp as if registered
+        raise ValueError(f"{caller}: 'iterations' {list(out)!r} leaves every level without iterations (the warp "
+                         "would be the identity): give at least one level iterations, or use method='none' "
+                         "(--method none) for the affine alone")
     return out
 
 
