@@ -155,7 +155,7 @@ def make_inputs(d: Path) -> dict:
                                                direction=rotation(0.2, -0.15, 0.3)))
     far = blobs(shift=(3.0, -2.0, 1.5))
     far.SetOrigin((np.array(far.GetOrigin()) + [300.0, 250.0, -200.0]).tolist())
-    write("moving_far.nii.gz", _with_array(far, sitk.GetArrayFromImage(blobs(shift=(3.0, -2.0, 1.5)))))
+    write("moving_far.nii.gz", far)
     write("clashWarped.nii.gz", fixed)
     write("fixed.nrrd", fixed)
     write("fixed.mha", fixed)

@@ -75,6 +75,13 @@ def _error_text(err: BaseException) -> str:
     return text[len(PROG) + 2:] if text.startswith(f"{PROG}: ") else text
 
 
+def _with_flags(text: str, caller: str, flags: dict) -> str:
+    """An API error's ``caller 'keyword'`` (and ``caller invalid keyword``) in the command line's terms, its flags."""
+    for key, flag in flags.items():
+        text = text.replace(f"{caller} '{key}'", flag).replace(f"{caller} invalid {key}", f"invalid {flag}")
+    return text
+
+
 def _sitk_message(err: BaseException) -> str:
     msg = str(err)
     if "sitk::ERROR:" in msg:

@@ -5,7 +5,7 @@ import argparse
 import sys
 import time
 
-from ._common import CLIError, PROG, _check_input_file, _check_prefix, _error_text, _read_input
+from ._common import CLIError, PROG, _check_input_file, _check_prefix, _error_text, _read_input, _with_flags
 
 
 def register_outputs(prefix: str, qc: bool = False) -> dict[str, str]:
@@ -32,9 +32,7 @@ _FLAGS = {"method": "--method", "model": "--model", "metric": "--metric", "affin
 def _cli_message(err: BaseException) -> str:
     """An engine or options error in the command line's terms: flags and -f/-m instead of Python names."""
     text = _error_text(err).replace("register(): 'fixed'", "fixed image (-f)").replace("register(): 'moving'", "moving image (-m)")
-    for key, flag in _FLAGS.items():
-        text = text.replace(f"register(): '{key}'", flag).replace(f"register(): invalid {key}", f"invalid {flag}")
-    text = text.replace("register(): ", "")
+    text = _with_flags(text, "register():", _FLAGS).replace("register(): ", "")
     return text.splitlines()[0] if text else type(err).__name__
 
 

@@ -5,7 +5,7 @@ import argparse
 import os
 import sys
 
-from ._common import CLIError, PROG
+from ._common import CLIError, PROG, _with_flags
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -41,6 +41,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
     try:
         export_model(args.model, args.output, shape=args.shape)
     except (FileNotFoundError, ValueError) as err:
-        raise CLIError(str(err).replace("export_model(): 'shape'", "--shape")) from None
+        raise CLIError(_with_flags(str(err), "export_model():", {"shape": "--shape"})) from None
     sys.stderr.write(f"{PROG} export: wrote {args.output}\n")
     return 0
