@@ -73,6 +73,23 @@ BAD_PADDING = [
     ("Zeros", r"'padding' must be \"zeros\" or \"border\", got \"Zeros\""),
 ]
 
+# sample_at shares warp's checks except the spatial sizes: any corner-aligned grid of the box.
+SAMPLE_AT_CASES = [
+    ("single-sample-image-axis", lambda: (T(1, 1, 1, 5, 5), T(1, 3, 4, 5, 5)),
+     r"itk_odereg\.sample_at\(\): spatial dim 0 of 'image' \[1, 1, 1, 5, 5\] and 'displacement' \[1, 3, 4, 5, 5\] "
+     r"must be equal, or both at least 2"),
+    ("single-sample-displacement-axis", lambda: (T(1, 1, 4, 6), T(1, 2, 4, 1)),
+     r"itk_odereg\.sample_at\(\): spatial dim 1 .* must be equal, or both at least 2"),
+    ("batch-mismatch", lambda: (T(2, 1, 4, 5), T(1, 2, 7, 8)),
+     r"itk_odereg\.sample_at\(\): 'image' and 'displacement' must have the same batch size N"),
+    ("rank-mismatch", lambda: (T(1, 1, 4, 5), T(1, 3, 3, 4, 5)),
+     r"itk_odereg\.sample_at\(\): 'image' must have shape \[N, C, \*S\] with 3 spatial dims"),
+    ("mixed-dtype", lambda: (T(1, 1, 4, 5), T(1, 2, 6, 5, dtype=f64)),
+     r"itk_odereg\.sample_at\(\): 'image' \(.*\) and 'displacement' \(.*\) must have the same dtype"),
+    ("bad-padding", lambda: (T(1, 1, 4, 5), T(1, 2, 6, 5), "reflection"),
+     r"itk_odereg\.sample_at\(\): 'padding' must be \"zeros\" or \"border\""),
+]
+
 BSPLINE_CASES = [
     ("grid-mismatch", lambda: (T(1, 2, 5, 5), [8, 8], [3, 3]),
      _esc("itk_odereg.bspline_to_dense(): 'control' has control grid [5, 5] but dense shape [8, 8] "
@@ -145,6 +162,7 @@ def regularizer_cases():
 MODES = ["wrapper", "torch.ops", "fake", "fallback"]
 _WRAPPER_MODULE = {
     "warp": "itk_odereg.ops.warp",
+    "sample_at": "itk_odereg.ops.warp",
     "bspline_to_dense": "itk_odereg.ops.bspline",
     "diffusion_energy": "itk_odereg.ops.regularizers",
     "bending_energy": "itk_odereg.ops.regularizers",
@@ -180,6 +198,13 @@ def test_warp_bad_input(cid, make, match, mode, monkeypatch):
 def test_warp_bad_padding(padding, match, mode, monkeypatch):
     with pytest.raises(RuntimeError, match=match):
         call(mode, "warp", (T(1, 1, 4, 5), T(1, 2, 4, 5), padding), monkeypatch)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("cid,make,match", SAMPLE_AT_CASES, ids=[c[0] for c in SAMPLE_AT_CASES])
+def test_sample_at_bad_input(cid, make, match, mode, monkeypatch):
+    with pytest.raises(RuntimeError, match=match):
+        call(mode, "sample_at", make(), monkeypatch)
 
 
 def test_compose_bad_input():
@@ -222,6 +247,8 @@ def test_backward_ops_check_their_arguments():
         O._warp_backward(T(1, 1, 4, 4), image, u, "zeros", True, True)
     with pytest.raises(RuntimeError, match=r"_warp_backward\(\): 'padding' must be"):
         O._warp_backward(T(1, 1, 4, 5), image, u, "wrap", True, True)
+    with pytest.raises(RuntimeError, match=r"_sample_at_backward\(\): 'grad_output' must have shape"):
+        O._sample_at_backward(T(1, 1, 4, 5), T(1, 1, 3, 3), T(1, 2, 6, 7), "zeros", True, True)
     with pytest.raises(RuntimeError, match=r"_jacobian_determinant_backward\(\): 'grad_output' must have shape"):
         O._jacobian_determinant_backward(T(1, 4, 4), u)
     with pytest.raises(RuntimeError, match=r"_diffusion_energy_backward\(\): 'grad_output' must be a scalar"):

@@ -3,12 +3,16 @@
 Every particle of the working grid moves with the velocity field at its
 current position: with phi(x) = x + u(x),
 
-    du/dt (x) = v_t(x + u(x)) = warp(v_t, u)(x),      u(0) = 0,  t in [0, 1],
+    du/dt (x) = v_t(x + u(x)),      u(0) = 0,  t in [0, 1],
 
-where v_t = v_theta(u_t) is the network's velocity field. Displacements and
-velocities are in axis millimetres (see :mod:`itk_odereg.ode.velocity`); the
-``warp`` op takes voxel units, so the flow divides by the level's spacing
-where it calls it. The state also carries the kinetic energy
+where v_t = v_theta(u_t) is the network's velocity field. It is kept on the
+network's coarse control grid and sampled at the particles directly
+(``ops.sample_at``): one linear interpolation of the control field, rather
+than upsampling it to the particles' grid and interpolating that again, which
+blurred it twice and cost a full-grid pass and a full-grid scatter in the
+backward at every step. Displacements and velocities are in axis millimetres
+(see :mod:`itk_odereg.ode.velocity`); the ops take voxel units, so the flow
+divides by the grid's spacing where it calls them. The state also carries the kinetic energy
 int_0^1 mean |v_t(phi_t)|^2 dt, NODEO's velocity-magnitude regularizer, so it
 is exact for every solver and for the adjoint method too.
 """
@@ -40,13 +44,13 @@ class _Dynamics(nn.Module):
         """(du/dt, d energy/dt); ``at_identity``: the caller knows u is exactly 0, where the
         velocity at the particles is the field itself (trilinear sampling at grid points)."""
         u_mm, _ = state
-        v_mm = self.velocity(u_mm, self.shape)
         if at_identity:
-            v_at_particles = v_mm
+            # At the grid points the interpolated field is the upsampled one: one matrix per axis.
+            v_at_particles = self.velocity(u_mm, self.shape)
         else:
             # Velocity at the particles' current positions; border padding extends
-            # the field beyond the grid instead of stopping particles there.
-            v_at_particles = ops.warp(v_mm, u_mm / self.spacing_view, "border")
+            # the field beyond the box instead of stopping particles there.
+            v_at_particles = ops.sample_at(self.velocity.control_field(u_mm), u_mm / self.spacing_view, "border")
         energy_rate = (v_at_particles**2).sum(1).mean()
         return v_at_particles, energy_rate
 
@@ -132,9 +136,11 @@ class NeuralODEFlow(nn.Module):
 
     @torch.no_grad()
     def velocity_history(self, shape: Sequence[int], spacing_mm: Sequence[float], steps: int | None = None):
-        """The velocity fields v_t (axis mm) met along a fixed-step Euler integration, and u(1).
+        """The velocity fields v_t (axis mm, on the control grid) met along a fixed-step Euler
+        integration on a grid of ``shape``, and u(1) there.
 
-        Used to integrate the flow backward in time for the inverse map.
+        Used to integrate the flow backward in time for the inverse map (sample a field at
+        positions of any grid of the box with ``ops.sample_at``).
         """
         steps = steps or self.steps
         param = self.velocity.coarse_velocity
@@ -143,9 +149,9 @@ class NeuralODEFlow(nn.Module):
         u = torch.zeros(1, len(shape), *shape, dtype=param.dtype, device=param.device)
         fields = []
         for _ in range(steps):
-            v = self.velocity(u, shape)
+            v = self.velocity.control_field(u)
             fields.append(v)
-            u = u + ops.warp(v, u / view, "border") / steps
+            u = u + ops.sample_at(v, u / view, "border") / steps
         return fields, u
 
 

@@ -116,6 +116,14 @@ class VelocityNetwork(nn.Module):
         sigma = [self.smoothing_mm / h for h in self.control_spacing_mm]
         return gaussian_matrices(self.control_shape, sigma, like.dtype, like.device)
 
+    def control_field(self, state_mm: torch.Tensor | None) -> torch.Tensor:
+        """The smoothed velocity on the control grid, [1, d, *control_shape], axis mm.
+
+        The velocity anywhere in the box is its corner-aligned linear
+        interpolation: :meth:`forward` on a grid, ``ops.sample_at`` at particles.
+        """
+        return apply_separable(self._raw(state_mm), self._smoothing(self.coarse_velocity))
+
     def forward(self, state_mm: torch.Tensor | None, shape: Sequence[int]) -> torch.Tensor:
         """Velocity on a grid of ``shape`` spanning the same box, [1, d, *shape], axis mm.
 

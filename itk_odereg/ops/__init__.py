@@ -11,10 +11,11 @@ from ..extension import has_ops, library_path
 from .box import box_sum_
 from .bspline import bspline_control_shape, bspline_to_dense
 from .regularizers import bending_energy, diffusion_energy, jacobian_determinant, jacobian_penalty
-from .warp import compose, warp
+from .warp import compose, sample_at, warp
 
 __all__ = [
     "warp",
+    "sample_at",
     "box_sum_",
     "compose",
     "bspline_to_dense",

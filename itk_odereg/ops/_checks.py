@@ -60,6 +60,26 @@ def check_padding(padding: str, op: str) -> None:
 
 
 def check_image_and_displacement(image: torch.Tensor, displacement: torch.Tensor, op: str) -> None:
+    check_image_like_displacement(image, displacement, op)
+    torch._check(
+        image.shape[2:] == displacement.shape[2:],
+        lambda: f"itk_odereg.{op}(): 'image' and 'displacement' must have the same spatial size, got "
+        f"{list(image.shape)} and {list(displacement.shape)}",
+    )
+
+
+def check_aligned_image_and_displacement(image: torch.Tensor, displacement: torch.Tensor, op: str) -> None:
+    """sample_at: each axis equal, or at least 2 samples on both grids (a single sample has no extent to align)."""
+    check_image_like_displacement(image, displacement, op)
+    for d, (a, b) in enumerate(zip(image.shape[2:], displacement.shape[2:])):
+        torch._check(
+            a == b or (a >= 2 and b >= 2),
+            lambda: f"itk_odereg.{op}(): spatial dim {d} of 'image' {list(image.shape)} and 'displacement' "
+            f"{list(displacement.shape)} must be equal, or both at least 2 (corner-aligned grids of one box)",
+        )
+
+
+def check_image_like_displacement(image: torch.Tensor, displacement: torch.Tensor, op: str) -> None:
     check_floating(image, op, "image")
     ndim = check_displacement(displacement, op)
     check_same_dtype_device(image, "image", displacement, "displacement", op)
@@ -74,11 +94,6 @@ def check_image_and_displacement(image: torch.Tensor, displacement: torch.Tensor
         f"{list(image.shape)} and {list(displacement.shape)}",
     )
     torch._check(image.shape[1] >= 1, lambda: f"itk_odereg.{op}(): 'image' must have at least one channel")
-    torch._check(
-        image.shape[2:] == displacement.shape[2:],
-        lambda: f"itk_odereg.{op}(): 'image' and 'displacement' must have the same spatial size, got "
-        f"{list(image.shape)} and {list(displacement.shape)}",
-    )
 
 
 def bspline_control_size(dense_size: int, spacing: int) -> int:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "warp",
+    "sample_at",
     "box_sum_",
     "bspline_basis_matrix",
     "bspline_to_dense",
@@ -53,6 +54,18 @@ def warp(image: torch.Tensor, displacement: torch.Tensor, padding: str = "zeros"
             if shape[d] == 1:
                 out = out * torch.relu(1 - position[:, d].abs())[:, None]
     return out
+
+
+def sample_at(image: torch.Tensor, displacement: torch.Tensor, padding: str = "zeros") -> torch.Tensor:
+    """``warp`` from another corner-aligned grid: position p + u(p) of the displacement's grid is
+    index (p + u(p)) * (S' - 1) / (S - 1) of the image's (S' its size; the same index where they agree)."""
+    shape, image_shape = displacement.shape[2:], image.shape[2:]
+    if tuple(shape) == tuple(image_shape):
+        return warp(image, displacement, padding)
+    position = identity_grid(shape, displacement.dtype, displacement.device) + displacement
+    normalized = [2 * position[:, d] / (shape[d] - 1) - 1 for d in range(len(shape))]
+    grid = torch.stack(normalized[::-1], dim=-1)
+    return F.grid_sample(image, grid, mode="bilinear", padding_mode=padding, align_corners=True)
 
 
 def cubic_bspline(u: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ import torch
 from ..extension import _HAS_OPS
 from . import _checks, _reference
 
-__all__ = ["warp", "compose"]
+__all__ = ["warp", "sample_at", "compose"]
 
 
 def warp(image: torch.Tensor, displacement: torch.Tensor, padding: str = "zeros") -> torch.Tensor:
@@ -42,6 +42,38 @@ def warp(image: torch.Tensor, displacement: torch.Tensor, padding: str = "zeros"
     return _reference.warp(image, displacement, padding)
 
 
+def sample_at(image: torch.Tensor, displacement: torch.Tensor, padding: str = "zeros") -> torch.Tensor:
+    """:func:`warp` of an image that lies on another corner-aligned grid of the same box.
+
+    Both grids span the same box with their first and last samples on its
+    corners (``align_corners=True``, as :mod:`itk_odereg.core.separable` and the
+    pyramid define levels). Voxel position ``p + u(p)`` of the displacement's
+    grid (size S) is index ``(p + u(p)) * (S' - 1) / (S - 1)`` of the image's (size
+    S'), so ``out[n, c, p] = image[n, c, (p + u(p)) * (S' - 1) / (S - 1)]``, linearly
+    interpolated. Where S' = S this is :func:`warp`, bit for bit.
+
+    Used to sample a smooth field kept on a coarse grid (a velocity on its
+    control grid) at particles of a finer one, without upsampling it first:
+    one interpolation instead of two, and a backward that scatters into the
+    small grid.
+
+    Args:
+        image: Tensor[N, C, *S'], float32 or float64.
+        displacement: Tensor[N, d, *S] in voxel units of its own grid (channel i
+            along spatial dim i, tensor order). Every axis has S' = S, or at least
+            2 samples on both grids.
+        padding: ``"zeros"`` or ``"border"``, as in :func:`warp` (on the image's grid).
+
+    Returns:
+        Tensor[N, C, *S]: the samples, on the displacement's grid.
+    """
+    if _HAS_OPS:
+        return torch.ops.itk_odereg.sample_at.default(image, displacement, padding)
+    _checks.check_aligned_image_and_displacement(image, displacement, "sample_at")
+    _checks.check_padding(padding, "sample_at")
+    return _reference.sample_at(image, displacement, padding)
+
+
 def compose(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Compose displacement fields: ``(u o v)(p) = v(p) + u(p + v(p))``.
 
@@ -69,6 +101,28 @@ if _HAS_OPS:
     @torch.library.register_fake("itk_odereg::_warp_backward")
     def _warp_backward_fake(grad_output, image, displacement, padding, image_requires_grad, displacement_requires_grad):
         _checks.check_image_and_displacement(image, displacement, "_warp_backward")
+        grad_image = (
+            torch.empty_like(image, memory_format=torch.contiguous_format)
+            if image_requires_grad
+            else image.new_empty((0,))
+        )
+        grad_disp = (
+            torch.empty_like(displacement, memory_format=torch.contiguous_format)
+            if displacement_requires_grad
+            else displacement.new_empty((0,))
+        )
+        return grad_image, grad_disp
+
+    @torch.library.register_fake("itk_odereg::sample_at")
+    def _sample_at_fake(image, displacement, padding="zeros"):
+        _checks.check_aligned_image_and_displacement(image, displacement, "sample_at")
+        _checks.check_padding(padding, "sample_at")
+        return image.new_empty((image.shape[0], image.shape[1], *displacement.shape[2:]))
+
+    @torch.library.register_fake("itk_odereg::_sample_at_backward")
+    def _sample_at_backward_fake(grad_output, image, displacement, padding, image_requires_grad,
+                                 displacement_requires_grad):
+        _checks.check_aligned_image_and_displacement(image, displacement, "_sample_at_backward")
         grad_image = (
             torch.empty_like(image, memory_format=torch.contiguous_format)
             if image_requires_grad

@@ -246,7 +246,8 @@ def _optimize_level(flow, optimizer, metric, settings: NODEOSettings, level, lev
     for iteration in range(iterations):
         optimizer.zero_grad()
         u_mm, kinetic = flow(flow_level.shape, flow_level.spacing_mm)
-        u_vox = resample_to_shape(u_mm, level.shape) / view
+        # mm to level voxels on the flow grid, before upsampling: the same linear map, on fewer voxels.
+        u_vox = resample_to_shape(u_mm / view, level.shape)
         sampled = u_vox if initial_l is None else u_vox + ops.warp(initial_l, u_vox, "border")
         warped = ops.warp(moving_l, sampled, "zeros")
         similarity = metric(fixed_l, warped)
@@ -301,7 +302,7 @@ def _final_map(flow, settings: NODEOSettings, shape, spacing_mm, control_spacing
     # the flow grid; fixed-point iterations on the full grid make it accurate.
     w = torch.zeros_like(u_mm)
     for v in reversed(fields):
-        w = w - ops.warp(v, w / flow_view, "border") / len(fields)
+        w = w - ops.sample_at(v, w / flow_view, "border") / len(fields)
     u_vox = resample_to_shape(u_mm, shape) / full_spacing
     inverse = invert_displacement(u_vox, initial=resample_to_shape(w, shape) / full_spacing)
     return u_vox.detach(), inverse.detach()

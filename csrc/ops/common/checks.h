@@ -52,7 +52,9 @@ inline Padding parse_padding(c10::string_view padding, const char* op) {
               std::string(padding), "\"");
 }
 
-inline void check_image_and_displacement(const at::Tensor& image, const at::Tensor& displacement, const char* op) {
+// What warp and sample_at share: floating image [N, C, *S'] with the displacement's
+// batch size, rank, dtype and device.
+inline void check_image_like_displacement(const at::Tensor& image, const at::Tensor& displacement, const char* op) {
   check_floating(image, op, "image");
   const int64_t ndim = check_displacement(displacement, op);
   check_same_dtype_device(image, "image", displacement, "displacement", op);
@@ -63,6 +65,10 @@ inline void check_image_and_displacement(const at::Tensor& image, const at::Tens
               displacement.sizes());
   TORCH_CHECK(image.size(1) >= 1, "itk_odereg.", op, "(): 'image' must have at least one channel, got ",
               image.sizes());
+}
+
+inline void check_image_and_displacement(const at::Tensor& image, const at::Tensor& displacement, const char* op) {
+  check_image_like_displacement(image, displacement, op);
   for (int64_t d = 2; d < image.dim(); ++d) {
     TORCH_CHECK(image.size(d) == displacement.size(d), "itk_odereg.", op,
                 "(): 'image' and 'displacement' must have the same spatial size, got ", image.sizes(), " and ",
@@ -76,6 +82,29 @@ inline void check_warp_backward_args(const at::Tensor& grad_output, const at::Te
   check_same_dtype_device(grad_output, "grad_output", image, "image", "_warp_backward");
   TORCH_CHECK(grad_output.sizes() == image.sizes(), "itk_odereg._warp_backward(): 'grad_output' must have the shape of 'image' ",
               image.sizes(), ", got ", grad_output.sizes());
+}
+
+// sample_at: the image may be on another corner-aligned grid of the box, but an
+// axis of one sample has no extent to align, so it must then be one on both.
+inline void check_aligned_image_and_displacement(const at::Tensor& image, const at::Tensor& displacement,
+                                                 const char* op) {
+  check_image_like_displacement(image, displacement, op);
+  for (int64_t d = 2; d < image.dim(); ++d) {
+    TORCH_CHECK(image.size(d) == displacement.size(d) || (image.size(d) >= 2 && displacement.size(d) >= 2),
+                "itk_odereg.", op, "(): spatial dim ", d - 2, " of 'image' ", image.sizes(), " and 'displacement' ",
+                displacement.sizes(), " must be equal, or both at least 2 (corner-aligned grids of one box)");
+  }
+}
+
+inline void check_sample_at_backward_args(const at::Tensor& grad_output, const at::Tensor& image,
+                                          const at::Tensor& displacement) {
+  check_aligned_image_and_displacement(image, displacement, "_sample_at_backward");
+  check_same_dtype_device(grad_output, "grad_output", image, "image", "_sample_at_backward");
+  TORCH_CHECK(grad_output.dim() == image.dim() && grad_output.size(0) == image.size(0) &&
+                  grad_output.size(1) == image.size(1) &&
+                  grad_output.sizes().slice(2) == displacement.sizes().slice(2),
+              "itk_odereg._sample_at_backward(): 'grad_output' must have shape [N, C, *S] of 'image' channels on "
+              "the grid of 'displacement', got ", grad_output.sizes());
 }
 
 // Control grid [N, d, *G] of a cubic B-spline with integer spacing s (voxels)

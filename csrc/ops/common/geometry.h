@@ -62,5 +62,34 @@ inline SpatialGeometry<NDIM> make_geometry(const SizeArray& spatial_sizes) {
   return g;
 }
 
+// The two grids of a warp: the displacement's (which is also the output's) and
+// the sampled image's. Both are corner-aligned over the same box, so output
+// index i + u maps to image index (i + u) * scale. scale[d] is
+// (image size - 1) / (output size - 1), and exactly 1 where the sizes agree,
+// which keeps the plain same-grid warp bit for bit what it was. Passed by
+// value to CUDA kernels, so it must stay a trivially copyable aggregate.
+template <int NDIM, typename scalar_t>
+struct WarpGrids {
+  SpatialGeometry<NDIM> out;
+  SpatialGeometry<NDIM> image;
+  scalar_t scale[NDIM];
+};
+
+// Callers have checked that every axis either has the same size on both grids,
+// or at least 2 samples on each (a single sample has no corner-aligned extent).
+template <int NDIM, typename scalar_t, typename SizeArray>
+inline WarpGrids<NDIM, scalar_t> make_warp_grids(const SizeArray& image_sizes, const SizeArray& out_sizes) {
+  WarpGrids<NDIM, scalar_t> w{};
+  w.image = make_geometry<NDIM>(image_sizes);
+  w.out = make_geometry<NDIM>(out_sizes);
+  for (int d = 0; d < NDIM; ++d) {
+    w.scale[d] = w.image.size[d] == w.out.size[d]
+                     ? scalar_t(1)
+                     : static_cast<scalar_t>(static_cast<double>(w.image.size[d] - 1) /
+                                             static_cast<double>(w.out.size[d] - 1));
+  }
+  return w;
+}
+
 }  // namespace ops
 }  // namespace itk_odereg

@@ -26,19 +26,20 @@ struct InteriorCell {
 // gradient), so only x > 0 counts as interior; with zero padding x == 0 is an
 // ordinary point. x == size - 1 needs the missing upper corner either way.
 // NaN fails every comparison and so also goes to the general path.
+// `index` and the displacement live on w.out; the cell is one of w.image's.
 template <int NDIM, typename scalar_t>
-ODEREG_HOST_DEVICE bool locate_interior_cell(const scalar_t* disp_n, const SpatialGeometry<NDIM>& g, int64_t p,
+ODEREG_HOST_DEVICE bool locate_interior_cell(const scalar_t* disp_n, const WarpGrids<NDIM, scalar_t>& w, int64_t p,
                                              const int64_t index[NDIM], Padding padding,
                                              InteriorCell<NDIM, scalar_t>& cell) {
   cell.base = 0;
 #pragma unroll
   for (int d = 0; d < NDIM; ++d) {
-    const scalar_t x = static_cast<scalar_t>(index[d]) + disp_n[d * g.numel + p];
+    const scalar_t x = (static_cast<scalar_t>(index[d]) + disp_n[d * w.out.numel + p]) * w.scale[d];
     const bool above_lower = padding == Padding::Border ? x > scalar_t(0) : x >= scalar_t(0);
-    if (!(above_lower && x < static_cast<scalar_t>(g.size[d] - 1))) return false;
+    if (!(above_lower && x < static_cast<scalar_t>(w.image.size[d] - 1))) return false;
     // x >= 0 here, so truncation is floor (and avoids a libm call on CPUs without SSE4.1).
     const int64_t i0 = static_cast<int64_t>(x);
-    cell.base += i0 * g.stride[d];
+    cell.base += i0 * w.image.stride[d];
     cell.frac[d] = x - static_cast<scalar_t>(i0);
   }
   return true;

@@ -26,15 +26,16 @@ ODEREG_HOST_DEVICE bool corner(const LinearAxis<scalar_t> axes[NDIM], const Spat
   return true;
 }
 
-// `index` is the unravelled voxel position of linear offset p (callers that
-// walk voxels in order keep it incrementally, avoiding divisions).
+// `index` is the unravelled voxel position of linear offset p on w.out (callers
+// that walk voxels in order keep it incrementally, avoiding divisions); the
+// axes are w.image's.
 template <int NDIM, typename scalar_t>
-ODEREG_HOST_DEVICE void sample_axes(const scalar_t* disp_n, const SpatialGeometry<NDIM>& g, int64_t p,
+ODEREG_HOST_DEVICE void sample_axes(const scalar_t* disp_n, const WarpGrids<NDIM, scalar_t>& w, int64_t p,
                                     const int64_t index[NDIM], Padding padding, LinearAxis<scalar_t> axes[NDIM]) {
 #pragma unroll
   for (int d = 0; d < NDIM; ++d) {
-    const scalar_t x = static_cast<scalar_t>(index[d]) + disp_n[d * g.numel + p];
-    axes[d] = linear_axis<scalar_t>(x, g.size[d], padding);
+    const scalar_t x = (static_cast<scalar_t>(index[d]) + disp_n[d * w.out.numel + p]) * w.scale[d];
+    axes[d] = linear_axis<scalar_t>(x, w.image.size[d], padding);
   }
 }
 
@@ -43,10 +44,10 @@ ODEREG_HOST_DEVICE void sample_axes(const scalar_t* disp_n, const SpatialGeometr
 // accumulates in a register (no aliasing stores to the output inside the loop).
 template <int NDIM, typename scalar_t>
 ODEREG_HOST_DEVICE void warp_forward_voxel(const scalar_t* __restrict__ image_n, const scalar_t* disp_n,
-                                           scalar_t* __restrict__ out_n, const SpatialGeometry<NDIM>& g,
+                                           scalar_t* __restrict__ out_n, const WarpGrids<NDIM, scalar_t>& w,
                                            int64_t channels, int64_t p, const int64_t index[NDIM], Padding padding) {
   LinearAxis<scalar_t> axes[NDIM];
-  sample_axes<NDIM, scalar_t>(disp_n, g, p, index, padding, axes);
+  sample_axes<NDIM, scalar_t>(disp_n, w, p, index, padding, axes);
   constexpr int kCorners = 1 << NDIM;
   int64_t offsets[kCorners];
   scalar_t weights[kCorners];
@@ -54,46 +55,47 @@ ODEREG_HOST_DEVICE void warp_forward_voxel(const scalar_t* __restrict__ image_n,
 #pragma unroll
   for (int c = 0; c < kCorners; ++c) {
     int64_t offset;
-    scalar_t w;
-    if (corner<NDIM, scalar_t>(axes, g, c, offset, w)) {
+    scalar_t weight;
+    if (corner<NDIM, scalar_t>(axes, w.image, c, offset, weight)) {
       offsets[count] = offset;
-      weights[count] = w;
+      weights[count] = weight;
       ++count;
     }
   }
   for (int64_t ch = 0; ch < channels; ++ch) {
-    const scalar_t* image_c = image_n + ch * g.numel;
+    const scalar_t* image_c = image_n + ch * w.image.numel;
     scalar_t acc = scalar_t(0);
     for (int k = 0; k < count; ++k) acc += weights[k] * image_c[offsets[k]];
-    out_n[ch * g.numel + p] = acc;
+    out_n[ch * w.out.numel + p] = acc;
   }
 }
 
 // Both gradients of one output voxel in a single pass. The displacement
 // gradient is written in place; the image gradient is scattered through
-// `scatter(offset_of_channel0_voxel, channel, value)`, which the CPU kernel
-// routes to a per-thread buffer and the CUDA kernel to atomicAdd.
+// `scatter(offset_of_channel0_voxel, channel, value)` (offsets on w.image),
+// which the CPU kernel routes to a per-thread buffer and the CUDA kernel to
+// atomicAdd.
 template <int NDIM, typename scalar_t, typename Scatter>
 ODEREG_HOST_DEVICE void warp_backward_voxel(const scalar_t* grad_out_n, const scalar_t* image_n,
                                             const scalar_t* disp_n, scalar_t* grad_disp_n,
-                                            const SpatialGeometry<NDIM>& g, int64_t channels, int64_t p,
+                                            const WarpGrids<NDIM, scalar_t>& w, int64_t channels, int64_t p,
                                             const int64_t index[NDIM], Padding padding, bool need_image,
                                             bool need_disp, const Scatter& scatter) {
   LinearAxis<scalar_t> axes[NDIM];
-  sample_axes<NDIM, scalar_t>(disp_n, g, p, index, padding, axes);
+  sample_axes<NDIM, scalar_t>(disp_n, w, p, index, padding, axes);
   scalar_t gdisp[NDIM];
 #pragma unroll
   for (int d = 0; d < NDIM; ++d) gdisp[d] = scalar_t(0);
 #pragma unroll
   for (int c = 0; c < (1 << NDIM); ++c) {
     int64_t offset;
-    scalar_t w;
-    if (!corner<NDIM, scalar_t>(axes, g, c, offset, w)) continue;
+    scalar_t weight;
+    if (!corner<NDIM, scalar_t>(axes, w.image, c, offset, weight)) continue;
     scalar_t dot = scalar_t(0);  // sum_ch image[ch, corner] * grad_out[ch, p]
     for (int64_t ch = 0; ch < channels; ++ch) {
-      const scalar_t go = grad_out_n[ch * g.numel + p];
-      if (need_image) scatter(offset, ch, w * go);
-      if (need_disp) dot += image_n[ch * g.numel + offset] * go;
+      const scalar_t go = grad_out_n[ch * w.out.numel + p];
+      if (need_image) scatter(offset, ch, weight * go);
+      if (need_disp) dot += image_n[ch * w.image.numel + offset] * go;
     }
     if (!need_disp) continue;
 #pragma unroll
@@ -110,7 +112,7 @@ ODEREG_HOST_DEVICE void warp_backward_voxel(const scalar_t* grad_out_n, const sc
   }
   if (need_disp) {
 #pragma unroll
-    for (int d = 0; d < NDIM; ++d) grad_disp_n[d * g.numel + p] = gdisp[d] * axes[d].dcoord;
+    for (int d = 0; d < NDIM; ++d) grad_disp_n[d * w.out.numel + p] = gdisp[d] * axes[d].dcoord * w.scale[d];
   }
 }
 
@@ -118,38 +120,40 @@ ODEREG_HOST_DEVICE void warp_backward_voxel(const scalar_t* grad_out_n, const sc
 // inside the image, the general per-corner path elsewhere.
 template <int NDIM, typename scalar_t>
 ODEREG_HOST_DEVICE void warp_forward_point(const scalar_t* __restrict__ image_n, const scalar_t* disp_n,
-                                           scalar_t* __restrict__ out_n, const SpatialGeometry<NDIM>& g,
+                                           scalar_t* __restrict__ out_n, const WarpGrids<NDIM, scalar_t>& w,
                                            int64_t channels, int64_t p, const int64_t index[NDIM], Padding padding) {
   InteriorCell<NDIM, scalar_t> cell;
-  if (locate_interior_cell<NDIM, scalar_t>(disp_n, g, p, index, padding, cell)) {
-    for (int64_t ch = 0; ch < channels; ++ch) out_n[ch * g.numel + p] = interior_sample(image_n + ch * g.numel, cell, g);
+  if (locate_interior_cell<NDIM, scalar_t>(disp_n, w, p, index, padding, cell)) {
+    for (int64_t ch = 0; ch < channels; ++ch) {
+      out_n[ch * w.out.numel + p] = interior_sample(image_n + ch * w.image.numel, cell, w.image);
+    }
     return;
   }
-  warp_forward_voxel<NDIM, scalar_t>(image_n, disp_n, out_n, g, channels, p, index, padding);
+  warp_forward_voxel<NDIM, scalar_t>(image_n, disp_n, out_n, w, channels, p, index, padding);
 }
 
 template <int NDIM, typename scalar_t, typename Scatter>
 ODEREG_HOST_DEVICE void warp_backward_point(const scalar_t* grad_out_n, const scalar_t* image_n,
                                             const scalar_t* disp_n, scalar_t* grad_disp_n,
-                                            const SpatialGeometry<NDIM>& g, int64_t channels, int64_t p,
+                                            const WarpGrids<NDIM, scalar_t>& w, int64_t channels, int64_t p,
                                             const int64_t index[NDIM], Padding padding, bool need_image,
                                             bool need_disp, const Scatter& scatter) {
   InteriorCell<NDIM, scalar_t> cell;
-  if (locate_interior_cell<NDIM, scalar_t>(disp_n, g, p, index, padding, cell)) {
+  if (locate_interior_cell<NDIM, scalar_t>(disp_n, w, p, index, padding, cell)) {
     scalar_t gdisp[NDIM];
 #pragma unroll
     for (int d = 0; d < NDIM; ++d) gdisp[d] = scalar_t(0);
     for (int64_t ch = 0; ch < channels; ++ch) {
-      interior_backward(image_n + ch * g.numel, cell, g, ch, grad_out_n[ch * g.numel + p], need_image, need_disp,
-                        scatter, gdisp);
+      interior_backward(image_n + ch * w.image.numel, cell, w.image, ch, grad_out_n[ch * w.out.numel + p], need_image,
+                        need_disp, scatter, gdisp);
     }
     if (need_disp) {
 #pragma unroll
-      for (int d = 0; d < NDIM; ++d) grad_disp_n[d * g.numel + p] = gdisp[d];
+      for (int d = 0; d < NDIM; ++d) grad_disp_n[d * w.out.numel + p] = gdisp[d] * w.scale[d];
     }
     return;
   }
-  warp_backward_voxel<NDIM, scalar_t>(grad_out_n, image_n, disp_n, grad_disp_n, g, channels, p, index, padding,
+  warp_backward_voxel<NDIM, scalar_t>(grad_out_n, image_n, disp_n, grad_disp_n, w, channels, p, index, padding,
                                       need_image, need_disp, scatter);
 }
 

@@ -1,10 +1,13 @@
-// CPU kernels of itk_odereg::warp and its backward.
+// CPU kernels of itk_odereg::warp and itk_odereg::sample_at (warp from another
+// corner-aligned grid of the box) and their backwards: one implementation.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
+
+#include <vector>
 
 #include "../common/checks.h"
 #include "../common/warp_voxel.h"
@@ -17,27 +20,35 @@ namespace {
 // Voxels per task: large enough to amortize scheduling, small enough to balance.
 constexpr int64_t kGrain = 4096;
 
+// Output: the image's batch and channels on the displacement's grid.
+at::Tensor output_like(const at::Tensor& image, const at::Tensor& disp) {
+  std::vector<int64_t> sizes(disp.sizes().begin(), disp.sizes().end());
+  sizes[1] = image.size(1);
+  return at::empty(sizes, image.options());
+}
+
 template <int NDIM>
 at::Tensor warp_forward_impl(const at::Tensor& image_in, const at::Tensor& disp_in, Padding padding) {
   const at::Tensor image = image_in.contiguous();
   const at::Tensor disp = disp_in.contiguous();
-  at::Tensor out = at::empty(image.sizes(), image.options());
+  at::Tensor out = output_like(image, disp);
   if (out.numel() == 0) return out;
-  const auto g = make_geometry<NDIM>(image.sizes().slice(2));
   const int64_t batch = image.size(0), channels = image.size(1);
   AT_DISPATCH_FLOATING_TYPES(image.scalar_type(), "itk_odereg::warp", [&] {
+    const auto w = make_warp_grids<NDIM, scalar_t>(image.sizes().slice(2), disp.sizes().slice(2));
     const scalar_t* img = image.data_ptr<scalar_t>();
     const scalar_t* u = disp.data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
-    at::parallel_for(0, batch * g.numel, kGrain, [&](int64_t begin, int64_t end) {
-      int64_t n = begin / g.numel, p = begin % g.numel;
+    const int64_t numel = w.out.numel;
+    at::parallel_for(0, batch * numel, kGrain, [&](int64_t begin, int64_t end) {
+      int64_t n = begin / numel, p = begin % numel;
       int64_t index[NDIM];
-      g.unravel(p, index);
+      w.out.unravel(p, index);
       for (int64_t t = begin; t < end; ++t) {
-        warp_forward_point<NDIM, scalar_t>(img + n * channels * g.numel, u + n * NDIM * g.numel,
-                                           o + n * channels * g.numel, g, channels, p, index, padding);
-        next_index<NDIM>(g, index);
-        if (++p == g.numel) {
+        warp_forward_point<NDIM, scalar_t>(img + n * channels * w.image.numel, u + n * NDIM * numel,
+                                           o + n * channels * numel, w, channels, p, index, padding);
+        next_index<NDIM>(w.out, index);
+        if (++p == numel) {
           p = 0;
           ++n;
         }
@@ -56,24 +67,26 @@ std::tuple<at::Tensor, at::Tensor> warp_backward_impl(const at::Tensor& grad_in,
   const at::Tensor disp = disp_in.contiguous();
   at::Tensor grad_image = need_image ? at::zeros(image.sizes(), image.options()) : at::empty({0}, image.options());
   at::Tensor grad_disp = need_disp ? at::empty(disp.sizes(), disp.options()) : at::empty({0}, disp.options());
-  if (image.numel() == 0 || (!need_image && !need_disp)) {
+  if (image.numel() == 0 || disp.numel() == 0 || (!need_image && !need_disp)) {
     if (need_disp) grad_disp.zero_();
     return {grad_image, grad_disp};
   }
-  const auto g = make_geometry<NDIM>(image.sizes().slice(2));
   const int64_t batch = image.size(0), channels = image.size(1);
   const int64_t image_numel = image.numel();
+  const int64_t out_numel = disp.numel() / NDIM;  // voxels of the displacement's grid, all batch elements
   // The image gradient is a scatter: every thread but the first accumulates
   // into a private copy, summed at the end. This keeps the result free of
   // races and deterministic for a given thread count, at one image-sized
-  // buffer per extra thread.
-  const int64_t work = batch * g.numel;
+  // buffer per extra thread (small when the image is a coarse grid: sample_at).
+  const int64_t work = out_numel;
   const int64_t threads =
       at::in_parallel_region() ? 1 : std::min<int64_t>(at::get_num_threads(), (work + kGrain - 1) / kGrain);
   at::Tensor private_grads;
   if (need_image && threads > 1) private_grads = at::zeros({threads - 1, image_numel}, image.options());
 
   AT_DISPATCH_FLOATING_TYPES(image.scalar_type(), "itk_odereg::_warp_backward", [&] {
+    const auto w = make_warp_grids<NDIM, scalar_t>(image.sizes().slice(2), disp.sizes().slice(2));
+    const int64_t numel = w.out.numel;
     const scalar_t* go = grad.data_ptr<scalar_t>();
     const scalar_t* img = image.data_ptr<scalar_t>();
     const scalar_t* u = disp.data_ptr<scalar_t>();
@@ -84,19 +97,19 @@ std::tuple<at::Tensor, at::Tensor> warp_backward_impl(const at::Tensor& grad_in,
       const int64_t tid = threads > 1 ? at::get_thread_num() : 0;
       TORCH_INTERNAL_ASSERT(tid < threads, "itk_odereg::_warp_backward: unexpected thread id");
       scalar_t* target = tid == 0 ? gi : gp + (tid - 1) * image_numel;
-      int64_t n = begin / g.numel, p = begin % g.numel;
+      int64_t n = begin / numel, p = begin % numel;
       int64_t index[NDIM];
-      g.unravel(p, index);
+      w.out.unravel(p, index);
       for (int64_t t = begin; t < end; ++t) {
-        scalar_t* target_n = need_image ? target + n * channels * g.numel : nullptr;
+        scalar_t* target_n = need_image ? target + n * channels * w.image.numel : nullptr;
         auto scatter = [&](int64_t offset, int64_t ch, scalar_t value) {
-          target_n[ch * g.numel + offset] += value;
+          target_n[ch * w.image.numel + offset] += value;
         };
-        warp_backward_point<NDIM, scalar_t>(go + n * channels * g.numel, img + n * channels * g.numel,
-                                            u + n * NDIM * g.numel, need_disp ? gu + n * NDIM * g.numel : nullptr,
-                                            g, channels, p, index, padding, need_image, need_disp, scatter);
-        next_index<NDIM>(g, index);
-        if (++p == g.numel) {
+        warp_backward_point<NDIM, scalar_t>(go + n * channels * numel, img + n * channels * w.image.numel,
+                                            u + n * NDIM * numel, need_disp ? gu + n * NDIM * numel : nullptr,
+                                            w, channels, p, index, padding, need_image, need_disp, scatter);
+        next_index<NDIM>(w.out, index);
+        if (++p == numel) {
           p = 0;
           ++n;
         }
@@ -130,11 +143,30 @@ std::tuple<at::Tensor, at::Tensor> warp_backward_cpu(const at::Tensor& grad_outp
              : warp_backward_impl<2>(grad_output, image, displacement, pad, image_requires_grad, displacement_requires_grad);
 }
 
+at::Tensor sample_at_cpu(const at::Tensor& image, const at::Tensor& displacement, c10::string_view padding) {
+  check_aligned_image_and_displacement(image, displacement, "sample_at");
+  const Padding pad = parse_padding(padding, "sample_at");
+  return displacement.size(1) == 3 ? warp_forward_impl<3>(image, displacement, pad)
+                                   : warp_forward_impl<2>(image, displacement, pad);
+}
+
+std::tuple<at::Tensor, at::Tensor> sample_at_backward_cpu(const at::Tensor& grad_output, const at::Tensor& image,
+                                                          const at::Tensor& displacement, c10::string_view padding,
+                                                          bool image_requires_grad, bool displacement_requires_grad) {
+  check_sample_at_backward_args(grad_output, image, displacement);
+  const Padding pad = parse_padding(padding, "_sample_at_backward");
+  return displacement.size(1) == 3
+             ? warp_backward_impl<3>(grad_output, image, displacement, pad, image_requires_grad, displacement_requires_grad)
+             : warp_backward_impl<2>(grad_output, image, displacement, pad, image_requires_grad, displacement_requires_grad);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(itk_odereg, CPU, m) {
   m.impl("warp", &warp_cpu);
   m.impl("_warp_backward", &warp_backward_cpu);
+  m.impl("sample_at", &sample_at_cpu);
+  m.impl("_sample_at_backward", &sample_at_backward_cpu);
 }
 
 }  // namespace ops
