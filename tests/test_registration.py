@@ -358,6 +358,29 @@ def test_returned_map_integrates_the_optimized_flow_with_output_steps():
         NODEOSettings(output_steps=0)
 
 
+def test_flow_spacing_ratio_sets_the_grid_the_flow_is_integrated_on():
+    """The flow grid is about ``flow_spacing_ratio`` times the control spacing, never finer than the
+    level; a coarser one still registers (benchmarks/README.md has its cost in Dice and time)."""
+    from itk_odereg.registration.nodeo import _flow_level, nodeo_register
+    from itk_odereg.registration.pyramid import pyramid_level
+
+    level = pyramid_level((80, 96, 80), (2.0, 2.0, 2.0), 1.0)
+    assert tuple(_flow_level(level, 6.0, 0.5).shape) == (54, 65, 54)      # 3 mm
+    assert tuple(_flow_level(level, 6.0, 0.67).shape) == (41, 49, 41)     # about 4 mm
+    assert tuple(_flow_level(level, 6.0, 0.25).shape) == (80, 96, 80)     # 1.5 mm: the level itself
+    shape = (24, 24, 24)
+    base = phantom(shape, seed=12)
+    fixed = base.roll(1, 2)
+    settings = NODEOSettings(levels=(1.0,), iterations=(20,), control_spacing_mm=6.0, smoothing_mm=3.0,
+                             flow_spacing_ratio=1.0)
+    result = nodeo_register(fixed, base, (1.0, 1.0, 1.0), settings)
+    warped = ops.warp(base, result.displacement)
+    assert float((warped - fixed).abs().mean()) < 0.8 * float((base - fixed).abs().mean())
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="flow_spacing_ratio"):
+            NODEOSettings(flow_spacing_ratio=bad)
+
+
 def test_same_seed_gives_bit_identical_outputs_on_cpu():
     fixed_t = phantom((20, 22, 24), seed=11)
     fixed = to_sitk(fixed_t, (2.0, 2.0, 2.0))

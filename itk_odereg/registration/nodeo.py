@@ -54,6 +54,7 @@ class NODEOSettings:
     learning_rate_mm: float = 0.2                          # Adam step on the coarse velocity, mm
     control_spacing_mm: Optional[float] = None             # velocity control grid; None: by resolution (below)
     smoothing_mm: Optional[float] = None                   # Gaussian smoothing of the velocity; None: likewise
+    flow_spacing_ratio: float = 0.5                        # flow grid spacing / control spacing (at most the level's own grid)
     hidden_channels: int = 8                               # width of the state network (0: stationary)
     jacobian_weight: float = 5.0                           # lambda_J * mean relu(0.5 - det J)^2
     jacobian_threshold: float = 0.5
@@ -74,6 +75,8 @@ class NODEOSettings:
             raise ValueError(f"NODEOSettings(): 'steps' must be >= 1, got {self.steps}")
         if self.output_steps < 1:
             raise ValueError(f"NODEOSettings(): 'output_steps' must be >= 1, got {self.output_steps}")
+        if not 0 < self.flow_spacing_ratio <= 1:
+            raise ValueError(f"NODEOSettings(): 'flow_spacing_ratio' must be in (0, 1], got {self.flow_spacing_ratio}")
         if self.convergence_window < 3:
             raise ValueError(f"NODEOSettings(): 'convergence_window' must be >= 3, got {self.convergence_window}")
         if self.convergence_threshold < 0:
@@ -112,13 +115,13 @@ def _control_grid(shape: Sequence[int], spacing_mm: Sequence[float], control_spa
     return list(control_shape), list(control_spacing)
 
 
-def _flow_level(level, control_spacing_mm: float):
+def _flow_level(level, control_spacing_mm: float, ratio: float = 0.5):
     """Grid the flow is integrated on for a pyramid level: the level itself, or a
-    coarser corner-aligned copy at about half the control spacing. The velocity
-    is smooth on the scale of the control grid, so the displacement it
+    coarser corner-aligned copy at about ``ratio`` times the control spacing. The
+    velocity is smooth on the scale of the control grid, so the displacement it
     generates is too, and linear upsampling of it loses nothing that matters
     while the ODE costs several times less."""
-    target = 0.5 * control_spacing_mm
+    target = ratio * control_spacing_mm
     # Per axis (pyramid_level): spacing max(level spacing, target), a thick axis left as it is.
     factor = max(1.0, target / min(level.spacing_mm))
     return pyramid_level(level.shape, level.spacing_mm, factor)
@@ -240,7 +243,7 @@ def _optimize_level(flow, optimizer, metric, settings: NODEOSettings, level, lev
                     progress: Optional[Callable[[dict], None]]) -> None:
     """Up to ``iterations`` Adam steps on one pyramid level (fewer once the convergence window is met)."""
     view = _per_axis(level.spacing_mm, fixed_l)
-    flow_level = _flow_level(level, control_spacing_mm)
+    flow_level = _flow_level(level, control_spacing_mm, settings.flow_spacing_ratio)
     flow_view = _per_axis(flow_level.spacing_mm, fixed_l)
     level_losses: list = []
     for iteration in range(iterations):
@@ -294,7 +297,7 @@ def _final_map(flow, settings: NODEOSettings, shape, spacing_mm, control_spacing
     """
     flow.steps = max(settings.steps, settings.output_steps)
     final = pyramid_level(shape, spacing_mm, 1.0)
-    flow_level = _flow_level(final, control_spacing_mm)
+    flow_level = _flow_level(final, control_spacing_mm, settings.flow_spacing_ratio)
     u_mm, _ = flow(flow_level.shape, flow_level.spacing_mm)
     fields, _ = flow.velocity_history(flow_level.shape, flow_level.spacing_mm)
     flow_view = _per_axis(flow_level.spacing_mm, full_spacing)
