@@ -71,7 +71,7 @@ std::tuple<at::Tensor, at::Tensor> warp_backward_impl(const at::Tensor& grad_in,
     if (need_disp) grad_disp.zero_();
     return {grad_image, grad_disp};
   }
-  const int64_t batch = image.size(0), channels = image.size(1);
+  const int64_t channels = image.size(1);
   const int64_t image_numel = image.numel();
   const int64_t out_numel = disp.numel() / NDIM;  // voxels of the displacement's grid, all batch elements
   // The image gradient is a scatter: every thread but the first accumulates
