@@ -13,6 +13,7 @@ from torch.autograd import gradcheck
 from itk_odereg import ops
 from itk_odereg.core.separable import resample_linear
 from itk_odereg.ops import _reference
+from test_ops_warp import _grads
 
 # (image grid, displacement grid): coarser, finer and mixed per axis, as a control grid and a flow grid are.
 GRIDS = {2: [((4, 6), (9, 5)), ((7, 3), (7, 8))], 3: [((3, 4, 5), (6, 7, 4)), ((5, 5, 6), (3, 9, 6))]}
@@ -46,12 +47,6 @@ def make_inputs(image_shape, shape, dtype, device="cpu", n=2, c=3, scale=1.5):
     image = torch.randn(n, c, *image_shape, dtype=dtype, device=device)
     displacement = torch.randn(n, len(shape), *shape, dtype=dtype, device=device) * scale
     return image, displacement
-
-
-def _grads(fn, inputs, grad_output):
-    inputs = [x.detach().clone().requires_grad_(True) for x in inputs]
-    out = fn(*inputs)
-    return out, torch.autograd.grad(out, inputs, grad_output)
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())

@@ -98,20 +98,16 @@ if _HAS_OPS:
         _checks.check_padding(padding, "warp")
         return torch.empty_like(image, memory_format=torch.contiguous_format)
 
+    def _backward_outputs(image, displacement, image_requires_grad, displacement_requires_grad):
+        """Both ops' backward results: each gradient shaped like its input, or [0] when not requested."""
+        def like(t, needed):
+            return torch.empty_like(t, memory_format=torch.contiguous_format) if needed else t.new_empty((0,))
+        return like(image, image_requires_grad), like(displacement, displacement_requires_grad)
+
     @torch.library.register_fake("itk_odereg::_warp_backward")
     def _warp_backward_fake(grad_output, image, displacement, padding, image_requires_grad, displacement_requires_grad):
         _checks.check_image_and_displacement(image, displacement, "_warp_backward")
-        grad_image = (
-            torch.empty_like(image, memory_format=torch.contiguous_format)
-            if image_requires_grad
-            else image.new_empty((0,))
-        )
-        grad_disp = (
-            torch.empty_like(displacement, memory_format=torch.contiguous_format)
-            if displacement_requires_grad
-            else displacement.new_empty((0,))
-        )
-        return grad_image, grad_disp
+        return _backward_outputs(image, displacement, image_requires_grad, displacement_requires_grad)
 
     @torch.library.register_fake("itk_odereg::sample_at")
     def _sample_at_fake(image, displacement, padding="zeros"):
@@ -123,14 +119,4 @@ if _HAS_OPS:
     def _sample_at_backward_fake(grad_output, image, displacement, padding, image_requires_grad,
                                  displacement_requires_grad):
         _checks.check_aligned_image_and_displacement(image, displacement, "_sample_at_backward")
-        grad_image = (
-            torch.empty_like(image, memory_format=torch.contiguous_format)
-            if image_requires_grad
-            else image.new_empty((0,))
-        )
-        grad_disp = (
-            torch.empty_like(displacement, memory_format=torch.contiguous_format)
-            if displacement_requires_grad
-            else displacement.new_empty((0,))
-        )
-        return grad_image, grad_disp
+        return _backward_outputs(image, displacement, image_requires_grad, displacement_requires_grad)

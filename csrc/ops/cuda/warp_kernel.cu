@@ -98,50 +98,49 @@ std::tuple<at::Tensor, at::Tensor> warp_backward_impl(const at::Tensor& grad_in,
   return {grad_image, grad_disp};
 }
 
-at::Tensor warp_cuda(const at::Tensor& image, const at::Tensor& displacement, c10::string_view padding) {
-  check_image_and_displacement(image, displacement, "warp");
-  check_cuda_tensor(image, "warp", "image");
-  const Padding pad = parse_padding(padding, "warp");
+// warp and sample_at run the same kernels; they differ only in the grids their checks accept.
+at::Tensor forward_by_dim(const at::Tensor& image, const at::Tensor& displacement, Padding pad) {
   c10::cuda::CUDAGuard guard(image.device());
   return displacement.size(1) == 3 ? warp_forward_impl<3>(image, displacement, pad)
                                    : warp_forward_impl<2>(image, displacement, pad);
 }
 
+std::tuple<at::Tensor, at::Tensor> backward_by_dim(const at::Tensor& grad_output, const at::Tensor& image,
+                                                   const at::Tensor& displacement, Padding pad, bool need_image,
+                                                   bool need_disp) {
+  c10::cuda::CUDAGuard guard(image.device());
+  return displacement.size(1) == 3 ? warp_backward_impl<3>(grad_output, image, displacement, pad, need_image, need_disp)
+                                   : warp_backward_impl<2>(grad_output, image, displacement, pad, need_image, need_disp);
+}
+
+at::Tensor warp_cuda(const at::Tensor& image, const at::Tensor& displacement, c10::string_view padding) {
+  check_image_and_displacement(image, displacement, "warp");
+  check_cuda_tensor(image, "warp", "image");
+  return forward_by_dim(image, displacement, parse_padding(padding, "warp"));
+}
+
 std::tuple<at::Tensor, at::Tensor> warp_backward_cuda(const at::Tensor& grad_output, const at::Tensor& image,
-                                                      const at::Tensor& displacement, c10::string_view padding,
-                                                      bool image_requires_grad, bool displacement_requires_grad) {
+                                                     const at::Tensor& displacement, c10::string_view padding,
+                                                     bool image_requires_grad, bool displacement_requires_grad) {
   check_warp_backward_args(grad_output, image, displacement);
   check_cuda_tensor(image, "_warp_backward", "image");
-  const Padding pad = parse_padding(padding, "_warp_backward");
-  c10::cuda::CUDAGuard guard(image.device());
-  return displacement.size(1) == 3
-             ? warp_backward_impl<3>(grad_output, image, displacement, pad, image_requires_grad,
-                                     displacement_requires_grad)
-             : warp_backward_impl<2>(grad_output, image, displacement, pad, image_requires_grad,
-                                     displacement_requires_grad);
+  return backward_by_dim(grad_output, image, displacement, parse_padding(padding, "_warp_backward"),
+                         image_requires_grad, displacement_requires_grad);
 }
 
 at::Tensor sample_at_cuda(const at::Tensor& image, const at::Tensor& displacement, c10::string_view padding) {
   check_aligned_image_and_displacement(image, displacement, "sample_at");
   check_cuda_tensor(image, "sample_at", "image");
-  const Padding pad = parse_padding(padding, "sample_at");
-  c10::cuda::CUDAGuard guard(image.device());
-  return displacement.size(1) == 3 ? warp_forward_impl<3>(image, displacement, pad)
-                                   : warp_forward_impl<2>(image, displacement, pad);
+  return forward_by_dim(image, displacement, parse_padding(padding, "sample_at"));
 }
 
 std::tuple<at::Tensor, at::Tensor> sample_at_backward_cuda(const at::Tensor& grad_output, const at::Tensor& image,
-                                                           const at::Tensor& displacement, c10::string_view padding,
-                                                           bool image_requires_grad, bool displacement_requires_grad) {
+                                                          const at::Tensor& displacement, c10::string_view padding,
+                                                          bool image_requires_grad, bool displacement_requires_grad) {
   check_sample_at_backward_args(grad_output, image, displacement);
   check_cuda_tensor(image, "_sample_at_backward", "image");
-  const Padding pad = parse_padding(padding, "_sample_at_backward");
-  c10::cuda::CUDAGuard guard(image.device());
-  return displacement.size(1) == 3
-             ? warp_backward_impl<3>(grad_output, image, displacement, pad, image_requires_grad,
-                                     displacement_requires_grad)
-             : warp_backward_impl<2>(grad_output, image, displacement, pad, image_requires_grad,
-                                     displacement_requires_grad);
+  return backward_by_dim(grad_output, image, displacement, parse_padding(padding, "_sample_at_backward"),
+                         image_requires_grad, displacement_requires_grad);
 }
 
 }  // namespace
