@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 
 import pytest
 import torch
@@ -69,6 +70,17 @@ def test_sample_at_matches_explicit_loop(ndim, padding):
         image, displacement = make_inputs(image_shape, shape, torch.float64, n=1, c=2, scale=2.0)
         torch.testing.assert_close(ops.sample_at(image, displacement, padding),
                                    loop_sample(image, displacement, padding), atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("padding", ["zeros", "border"])
+def test_sample_at_with_a_single_sample_axis_on_both_grids(padding, monkeypatch):
+    """A size-1 axis (equal on both grids, as a 2D slice stored in 3D) next to axes of other sizes:
+    the kernel, the pure-PyTorch fallback and the explicit loop agree."""
+    image, displacement = make_inputs((1, 4, 6), (1, 7, 3), torch.float64, n=1, c=2, scale=1.5)
+    out = ops.sample_at(image, displacement, padding)
+    torch.testing.assert_close(out, loop_sample(image, displacement, padding), atol=1e-10, rtol=0)
+    monkeypatch.setattr(sys.modules["itk_odereg.ops.warp"], "_HAS_OPS", False)
+    torch.testing.assert_close(ops.sample_at(image, displacement, padding), out, atol=1e-10, rtol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -58,14 +58,10 @@ def warp(image: torch.Tensor, displacement: torch.Tensor, padding: str = "zeros"
 
 def sample_at(image: torch.Tensor, displacement: torch.Tensor, padding: str = "zeros") -> torch.Tensor:
     """``warp`` from another corner-aligned grid: position p + u(p) of the displacement's grid is
-    index (p + u(p)) * (S' - 1) / (S - 1) of the image's (S' its size; the same index where they agree)."""
-    shape, image_shape = displacement.shape[2:], image.shape[2:]
-    if tuple(shape) == tuple(image_shape):
-        return warp(image, displacement, padding)
-    position = identity_grid(shape, displacement.dtype, displacement.device) + displacement
-    normalized = [2 * position[:, d] / (shape[d] - 1) - 1 for d in range(len(shape))]
-    grid = torch.stack(normalized[::-1], dim=-1)
-    return F.grid_sample(image, grid, mode="bilinear", padding_mode=padding, align_corners=True)
+    index (p + u(p)) * (S' - 1) / (S - 1) of the image's. ``warp`` above already computes exactly
+    that: it normalizes positions by the displacement's grid, and ``grid_sample(align_corners=True)``
+    maps normalized coordinates onto the image's own size (a single-sample axis is one on both grids)."""
+    return warp(image, displacement, padding)
 
 
 def cubic_bspline(u: torch.Tensor) -> torch.Tensor:
