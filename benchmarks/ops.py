@@ -12,7 +12,9 @@ For every op and pass (forward, forward+backward) the table gives the median
 wall time of our op and of its reference in ``itk_odereg.ops._reference``
 (``warp``: the ``grid_sample(align_corners=True)`` path; ``bspline_to_dense``:
 explicit basis matrices, plus a separable ``conv_transpose3d`` version written
-here as a second reference), the peak extra memory of each path in the same
+here as a second reference; ``resample_linear``: ``F.interpolate(align_corners=True)``
+and the dense per-axis matrices of ``core/separable.py``, upsampling a displacement from
+a grid of 2/3 the volume's size), the peak extra memory of each path in the same
 process, and the largest difference between the two results (outputs and
 gradients), so that only equal computations are compared. Inputs are one
 batch element: a smooth 1-channel image, a smooth 3-channel displacement of a
@@ -82,6 +84,7 @@ try:
 except ImportError:  # run as a script from a source checkout without installing
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import itk_odereg.ops as ops
+from itk_odereg.core.separable import apply_separable, resampling_matrices
 from itk_odereg.ops import _reference as ref
 
 MIB = 2.0**20
@@ -89,7 +92,7 @@ CONTROL_SPACING = 5
 QUICK_SIZE = (40, 48, 40)
 # Peak memory bandwidth in GB/s by (lower-case) substring of the CUDA device name.
 BANDWIDTH_GBS = {"h200": 4800.0, "h100": 3350.0, "a100": 2039.0, "l40s": 864.0, "a10": 600.0, "t4": 320.0}
-OPS = ["warp", "bspline_to_dense", "diffusion_energy", "bending_energy", "jacobian_determinant", "jacobian_penalty"]
+OPS = ["warp", "bspline_to_dense", "resample_linear", "diffusion_energy", "bending_energy", "jacobian_determinant", "jacobian_penalty"]
 TARGET_WARP_SPEEDUP = 2.0
 TARGET_WARP_MEMORY = 2.0  # reference extra memory / ours
 TARGET_BSPLINE_SPEEDUP = 3.0
@@ -226,6 +229,21 @@ def build_cases(inp: dict, size: Sequence[int], only: Optional[Sequence[str]]) -
              [("basis matrices", _fwd_bwd(ref.bspline_to_dense, bs_leaf_args, [ctrl_l], gf)),
               ("conv_transpose3d", _fwd_bwd(bspline_to_dense_conv_transpose, bs_leaf_args, [ctrl_l], gf))],
              leaves=[ctrl_l]),
+    ]
+
+    # resample_linear: a displacement from a grid of 2/3 the size (NODEO's flow grid) up to the volume
+    coarse = ref.resample_linear(disp, [max(2, round(2 * s / 3)) for s in size]).contiguous()
+    coarse_l = leaf(coarse)
+    matrices = resampling_matrices(coarse.shape[2:], size, coarse.dtype, coarse.device)
+    dense_matrices = lambda x: apply_separable(x, matrices)  # noqa: E731
+    cases += [
+        Case("resample_linear", "forward", _forward(ops.resample_linear, coarse, size),
+             [("F.interpolate", _forward(ref.resample_linear, coarse, size)),
+              ("dense matrices", _forward(dense_matrices, coarse))]),
+        Case("resample_linear", "fwd+bwd", _fwd_bwd(ops.resample_linear, (coarse_l, size), [coarse_l], gf),
+             [("F.interpolate", _fwd_bwd(ref.resample_linear, (coarse_l, size), [coarse_l], gf)),
+              ("dense matrices", _fwd_bwd(dense_matrices, (coarse_l,), [coarse_l], gf))],
+             leaves=[coarse_l]),
     ]
 
     # regularizers

@@ -116,6 +116,22 @@ BSPLINE_CASES = [
      _esc("itk_odereg.bspline_to_dense(): 'shape' must be positive")),
 ]
 
+RESAMPLE_CASES = [
+    ("1d", lambda: (T(1, 1, 5), [7]),
+     _esc("itk_odereg.resample_linear(): 'input' must have shape [N, C, H, W] (2D) or [N, C, D, H, W] (3D)")),
+    ("4d-spatial", lambda: (T(1, 1, 2, 2, 2, 2), [3, 3, 3, 3]), _esc("'input' must have shape [N, C, H, W] (2D)")),
+    ("shape-length", lambda: (T(1, 3, 4, 5, 6), [8, 8]),
+     _esc("itk_odereg.resample_linear(): 'shape' must list one size per spatial dim of 'input' (3), got [8, 8]")),
+    ("shape-zero", lambda: (T(1, 1, 4, 5), [0, 8]), _esc("itk_odereg.resample_linear(): 'shape' must be positive")),
+    ("shape-negative", lambda: (T(1, 1, 4, 5), [3, -1]), _esc("'shape' must be positive, got [3, -1]")),
+    ("int", lambda: (T(1, 1, 4, 5, dtype=torch.int64), [8, 8]),
+     _esc("itk_odereg.resample_linear(): 'input' must be float32 or float64")),
+    ("half", lambda: (T(1, 1, 4, 5).half(), [8, 8]), _esc("'input' must be float32 or float64")),
+    ("batch-zero", lambda: (T(0, 1, 4, 5), [8, 8]), _esc("itk_odereg.resample_linear(): 'input' must have no empty dim")),
+    ("channels-zero", lambda: (T(1, 0, 4, 5), [8, 8]), _esc("'input' must have no empty dim")),
+    ("spatial-zero", lambda: (T(1, 2, 3, 0, 5), [4, 4, 4]), _esc("'input' must have no empty dim")),
+]
+
 REGULARIZERS = ["diffusion_energy", "bending_energy", "jacobian_determinant", "jacobian_penalty"]
 MIN_SIZE = {"diffusion_energy": 2, "bending_energy": 3, "jacobian_determinant": 2, "jacobian_penalty": 2}
 
@@ -164,6 +180,7 @@ _WRAPPER_MODULE = {
     "warp": "itk_odereg.ops.warp",
     "sample_at": "itk_odereg.ops.warp",
     "bspline_to_dense": "itk_odereg.ops.bspline",
+    "resample_linear": "itk_odereg.ops.resample",
     "diffusion_energy": "itk_odereg.ops.regularizers",
     "bending_energy": "itk_odereg.ops.regularizers",
     "jacobian_determinant": "itk_odereg.ops.regularizers",
@@ -222,6 +239,13 @@ def test_bspline_bad_input(cid, make, match, mode, monkeypatch):
 
 
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("cid,make,match", RESAMPLE_CASES, ids=[c[0] for c in RESAMPLE_CASES])
+def test_resample_bad_input(cid, make, match, mode, monkeypatch):
+    with pytest.raises(RuntimeError, match=match):
+        call(mode, "resample_linear", make(), monkeypatch)
+
+
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("name,make,match", list(regularizer_cases()))
 def test_regularizer_bad_input(name, make, match, mode, monkeypatch):
     with pytest.raises(RuntimeError, match=match):
@@ -249,6 +273,10 @@ def test_backward_ops_check_their_arguments():
         O._warp_backward(T(1, 1, 4, 5), image, u, "wrap", True, True)
     with pytest.raises(RuntimeError, match=r"_sample_at_backward\(\): 'grad_output' must have shape"):
         O._sample_at_backward(T(1, 1, 4, 5), T(1, 1, 3, 3), T(1, 2, 6, 7), "zeros", True, True)
+    with pytest.raises(RuntimeError, match=r"_resample_linear_backward\(\): 'shape' must list one size per spatial dim"):
+        O._resample_linear_backward(T(1, 2, 8, 8), [5, 6, 7])
+    with pytest.raises(RuntimeError, match=r"_resample_linear_backward\(\): 'grad_output' must be float32"):
+        O._resample_linear_backward(T(1, 2, 8, 8, dtype=torch.int32), [5, 6])
     with pytest.raises(RuntimeError, match=r"_jacobian_determinant_backward\(\): 'grad_output' must have shape"):
         O._jacobian_determinant_backward(T(1, 4, 4), u)
     with pytest.raises(RuntimeError, match=r"_diffusion_energy_backward\(\): 'grad_output' must be a scalar"):

@@ -293,6 +293,32 @@ def test_euler_fast_path_integrates_like_torchdiffeq():
     torch.testing.assert_close(energy, ref_e[-1], atol=1e-10, rtol=1e-10)
 
 
+def test_velocity_of_the_identity_state_is_the_network_at_zero():
+    """state None (the first Euler step) evaluates the pointwise network once and broadcasts it:
+    the same field, and the same gradients for every parameter, as a zero state at every point."""
+    from itk_odereg.ode.velocity import VelocityNetwork
+
+    torch.manual_seed(4)
+    velocity = VelocityNetwork((6, 7, 8), (4.0, 4.0, 4.0), 3.0, hidden_channels=8).double()
+    with torch.no_grad():
+        velocity.coarse_velocity.normal_(0, 2.0)
+        for p in velocity.state_net.parameters():
+            p.normal_(0, 0.3)
+    shape = (11, 13, 15)
+    outputs, grads = [], []
+    for state in (None, torch.zeros(1, 3, *shape, dtype=torch.float64)):
+        velocity.zero_grad()
+        v = velocity(state, shape)
+        (v * torch.linspace(-1, 1, v.numel(), dtype=torch.float64).view_as(v)).sum().backward()
+        outputs.append(v.detach())
+        grads.append([p.grad.clone() for p in velocity.parameters()])
+    zero = torch.zeros(1, 3, 1, 1, 1, dtype=torch.float64)
+    assert float(velocity._pointwise(zero).abs().max()) > 0.05      # the network's output at u = 0 is not 0
+    torch.testing.assert_close(outputs[0], outputs[1], atol=1e-12, rtol=1e-12)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+
+
 def test_nodeo_level_stops_once_converged():
     """With a convergence threshold a level ends when its loss flattens (ANTs' convergence window);
     the record that ended it says so, and the result still registers."""

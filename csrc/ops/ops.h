@@ -5,4 +5,5 @@
 #include "box_sum.h"
 #include "bspline.h"
 #include "regularizers.h"
+#include "resample.h"
 #include "warp.h"

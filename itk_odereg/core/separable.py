@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 
 import torch
 
-__all__ = ["gaussian_kernel", "gaussian_matrix", "linear_resampling_matrix", "apply_separable", "gaussian_smooth", "resample_linear"]
+__all__ = ["gaussian_kernel", "gaussian_matrix", "linear_resampling_matrix", "apply_separable", "gaussian_smooth"]
 
 
 def gaussian_kernel(sigma: float, radius: int, dtype: torch.dtype = torch.float32, normalize: bool = True,
@@ -168,11 +168,3 @@ def gaussian_smooth(field: torch.Tensor, sigma_voxels: Sequence[float]) -> torch
     constants are preserved.
     """
     return apply_separable(field, gaussian_matrices(field.shape[2:], sigma_voxels, field.dtype, field.device))
-
-
-def resample_linear(field: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    """Corner-aligned linear resampling of [N, C, *S] to ``shape`` (equals
-    ``F.interpolate(..., mode="(bi|tri)linear", align_corners=True)`` up to rounding)."""
-    if tuple(field.shape[2:]) == tuple(shape):
-        return field
-    return apply_separable(field, resampling_matrices(field.shape[2:], shape, field.dtype, field.device))

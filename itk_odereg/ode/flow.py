@@ -45,8 +45,9 @@ class _Dynamics(nn.Module):
         velocity at the particles is the field itself (trilinear sampling at grid points)."""
         u_mm, _ = state
         if at_identity:
-            # At the grid points the interpolated field is the upsampled one: one matrix per axis.
-            v_at_particles = self.velocity(u_mm, self.shape)
+            # At the grid points the interpolated field is the upsampled one: one matrix per axis;
+            # and the state network of a zero state is one value per channel (state None).
+            v_at_particles = self.velocity(None, self.shape)
         else:
             # Velocity at the particles' current positions; border padding extends
             # the field beyond the box instead of stopping particles there.
@@ -148,8 +149,8 @@ class NeuralODEFlow(nn.Module):
         view = spacing.view(1, -1, *([1] * len(shape)))
         u = torch.zeros(1, len(shape), *shape, dtype=param.dtype, device=param.device)
         fields = []
-        for _ in range(steps):
-            v = self.velocity.control_field(u)
+        for step in range(steps):
+            v = self.velocity.control_field(u if step else None)
             fields.append(v)
             u = u + ops.sample_at(v, u / view, "border") / steps
         return fields, u

@@ -13,6 +13,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
+from .. import ops
 from ..core.separable import apply_separable, compose, gaussian_matrices, resampling_matrices
 
 __all__ = ["VelocityNetwork"]
@@ -88,17 +89,21 @@ class VelocityNetwork(nn.Module):
 
     def _control_input(self, state_mm: torch.Tensor) -> torch.Tensor:
         """The state on the control grid (corner-aligned linear resampling)."""
-        matrices = resampling_matrices(state_mm.shape[2:], self.control_shape, state_mm.dtype, state_mm.device)
-        return apply_separable(state_mm, matrices)
+        return ops.resample_linear(state_mm, self.control_shape)
 
     def _raw(self, state_mm: torch.Tensor | None) -> torch.Tensor:
         """Unsmoothed velocity on the control grid, axis mm."""
         velocity = self.coarse_velocity
-        if self.state_net is not None and state_mm is not None:
-            # Inputs scaled to O(1) for typical brain displacements (~10 mm).
+        if self.state_net is None:
+            return velocity
+        if state_mm is None:
+            # The identity state (u = 0 everywhere): the pointwise network gives one value per
+            # channel there, so it is evaluated once and broadcast, not at every control point.
+            state = velocity.new_zeros((1, self.ndim) + (1,) * self.ndim)
+        else:
             state = self._control_input(state_mm)
-            velocity = velocity + self.max_speed_mm * torch.tanh(self._pointwise(state / 10.0))
-        return velocity
+        # Inputs scaled to O(1) for typical brain displacements (~10 mm).
+        return velocity + self.max_speed_mm * torch.tanh(self._pointwise(state / 10.0))
 
     def _pointwise(self, state: torch.Tensor) -> torch.Tensor:
         """``state_net`` applied to [1, d, *S]: its 1x1 convolutions as matrix products on
@@ -132,7 +137,8 @@ class VelocityNetwork(nn.Module):
 
         Args:
             state_mm: current displacement [1, d, *S] in axis mm on any
-                corner-aligned grid of the box, or None (velocity of the identity state).
+                corner-aligned grid of the box, or None for the identity state (u = 0),
+                which gives the same field without resampling a zero state.
             shape: spatial size of the grid to return the velocity on (tensor order).
         """
         raw = self._raw(state_mm)

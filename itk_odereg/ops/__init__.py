@@ -11,12 +11,14 @@ from ..extension import has_ops, library_path
 from .box import box_sum_
 from .bspline import bspline_control_shape, bspline_to_dense
 from .regularizers import bending_energy, diffusion_energy, jacobian_determinant, jacobian_penalty
+from .resample import resample_linear
 from .warp import compose, sample_at, warp
 
 __all__ = [
     "warp",
     "sample_at",
     "box_sum_",
+    "resample_linear",
     "compose",
     "bspline_to_dense",
     "bspline_control_shape",

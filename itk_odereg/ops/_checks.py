@@ -140,3 +140,23 @@ def check_spacing(spacing, ndim: int, op: str) -> None:
         torch._check(
             h > 0 and h != float("inf"), lambda: f"itk_odereg.{op}(): 'spacing' must be finite and positive, got {list(spacing)}"
         )
+
+
+def check_resample_args(x: torch.Tensor, shape: Sequence[int], op: str, name: str) -> int:
+    """Mirror of ``check_resample_args`` in ``csrc/ops/common/linear_resample.h``."""
+    check_floating(x, op, name)
+    ndim = x.dim() - 2
+    torch._check(
+        ndim in (2, 3),
+        lambda: f"itk_odereg.{op}(): '{name}' must have shape [N, C, H, W] (2D) or [N, C, D, H, W] (3D), "
+        f"got {list(x.shape)}",
+    )
+    torch._check(
+        len(shape) == ndim,
+        lambda: f"itk_odereg.{op}(): 'shape' must list one size per spatial dim of '{name}' ({ndim}), got {list(shape)}",
+    )
+    for size in x.shape:
+        torch._check(size >= 1, lambda: f"itk_odereg.{op}(): '{name}' must have no empty dim, got {list(x.shape)}")
+    for size in shape:
+        torch._check(size >= 1, lambda: f"itk_odereg.{op}(): 'shape' must be positive, got {list(shape)}")
+    return ndim

@@ -20,6 +20,7 @@ __all__ = [
     "box_sum_",
     "bspline_basis_matrix",
     "bspline_to_dense",
+    "resample_linear",
     "first_derivative",
     "second_derivative",
     "diffusion_energy",
@@ -70,6 +71,16 @@ def cubic_bspline(u: torch.Tensor) -> torch.Tensor:
     inner = (4 - 6 * a**2 + 3 * a**3) / 6
     outer = (2 - a) ** 3 / 6
     return torch.where(a < 1, inner, torch.where(a < 2, outer, torch.zeros_like(a)))
+
+
+def resample_linear(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """``F.interpolate(mode="bilinear" | "trilinear", align_corners=True)`` to ``shape``; a copy when
+    the size is unchanged (the op never returns its input)."""
+    shape = [int(s) for s in shape]
+    if list(x.shape[2:]) == shape:
+        return x.clone()
+    mode = "bilinear" if x.dim() == 4 else "trilinear"
+    return F.interpolate(x, size=shape, mode=mode, align_corners=True)
 
 
 def bspline_basis_matrix(size: int, spacing: int, dtype=torch.float64, device=None) -> torch.Tensor:

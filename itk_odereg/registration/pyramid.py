@@ -14,8 +14,9 @@ from typing import Sequence
 
 import torch
 
+from .. import ops
 from ..core.levels import axis_factors, corner_aligned_level
-from ..core.separable import apply_separable, compose, gaussian_matrices, resample_linear, resampling_matrices
+from ..core.separable import apply_separable, compose, gaussian_matrices, resampling_matrices
 
 __all__ = ["PyramidLevel", "pyramid_level", "resample_to_shape", "downsample_image"]
 
@@ -43,8 +44,11 @@ def pyramid_level(shape: Sequence[int], spacing_mm: Sequence[float], factor: flo
 
 
 def resample_to_shape(field: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    """Linear resampling of [N, C, *S] to another corner-aligned level of the same box."""
-    return resample_linear(field, shape)
+    """Linear resampling of [N, C, *S] to another corner-aligned level of the same box
+    (``ops.resample_linear``: two taps per axis); ``field`` itself when the size is unchanged."""
+    if tuple(field.shape[2:]) == tuple(int(s) for s in shape):
+        return field
+    return ops.resample_linear(field, shape)
 
 
 def downsample_image(image: torch.Tensor, spacing_mm: Sequence[float], level: PyramidLevel) -> torch.Tensor:
