@@ -497,3 +497,66 @@ def test_lncc_is_one_for_flat_images_and_bounded():
     assert lncc_loss(const, m, 3).item() == pytest.approx(1.0, abs=1e-9)
     assert ngf_loss(const, m).item() == pytest.approx(1.0, abs=1e-9)
     assert math.isfinite(mutual_information_loss(const, m).item())
+
+
+def test_lncc_module_reuses_the_fixed_images_terms_exactly():
+    """LNCCLoss keeps the fixed image's own terms between calls: the same bits as the functional
+    form, and a new fixed tensor, an in-place change to it, a new mask or window are all seen."""
+    from itk_odereg.losses import LNCCLoss, lncc_loss
+
+    torch.manual_seed(5)
+    fixed = torch.randn(1, 1, 12, 14, 10, dtype=torch.float64)
+    loss = LNCCLoss(window=5)
+    mask = (fixed > -0.5).double()
+
+    def check(f, m=None):
+        moving = (f + 0.5 * torch.randn_like(f)).requires_grad_(True)
+        got = loss(f, moving, m)
+        (grad,) = torch.autograd.grad(got, moving)
+        expected = lncc_loss(f, moving, window=loss.window, mask=m)
+        (grad_expected,) = torch.autograd.grad(expected, moving)
+        assert torch.equal(got, expected) and torch.equal(grad, grad_expected)
+
+    for _ in range(2):
+        check(fixed)                  # the second call reuses the first one's terms
+    check(fixed, mask)                # a mask
+    fixed.mul_(-2.0).add_(1.0)        # in place: the version counter changes
+    check(fixed)
+    check(fixed.clone())              # another tensor with the same values
+    loss.window = 3
+    check(fixed)
+    # A fixed image that requires grad gets its gradient, as from the functional form.
+    f = fixed.clone().requires_grad_(True)
+    moving = fixed + 0.3
+    (g1,) = torch.autograd.grad(loss(f, moving), f)
+    (g2,) = torch.autograd.grad(lncc_loss(f, moving, window=3), f)
+    assert torch.equal(g1, g2) and float(g1.abs().max()) > 0
+
+
+def test_ngf_module_reuses_the_fixed_images_terms_exactly():
+    """NGFLoss keeps the fixed image's gradient terms between calls, with the same bits as ngf_loss."""
+    from itk_odereg.losses import NGFLoss, ngf_loss
+
+    torch.manual_seed(6)
+    fixed = torch.randn(1, 1, 12, 14, 10, dtype=torch.float64)
+    loss = NGFLoss(eps=0.1, spacing=(2.0, 1.0, 1.5))
+    mask = (fixed > -0.5).double()
+
+    def check(f, m=None):
+        moving = (f + 0.5 * torch.randn_like(f)).requires_grad_(True)
+        got = loss(f, moving, m)
+        (grad,) = torch.autograd.grad(got, moving)
+        expected = ngf_loss(f, moving, eps=loss.eps, mask=m, spacing=loss.spacing)
+        (grad_expected,) = torch.autograd.grad(expected, moving)
+        assert torch.equal(got, expected) and torch.equal(grad, grad_expected)
+
+    for _ in range(2):
+        check(fixed)
+    check(fixed, mask)
+    fixed.mul_(-2.0).add_(1.0)
+    check(fixed)
+    loss.eps = 0.3
+    check(fixed)
+    f = fixed.clone().requires_grad_(True)
+    (g1,) = torch.autograd.grad(loss(f, fixed + 0.3 * torch.randn_like(fixed)), f)
+    assert float(g1.abs().max()) > 0

@@ -16,6 +16,8 @@ import torch
 from torch import nn
 
 from . import functional as F
+from .lncc import FixedStatisticsCache, _lncc
+from .ngf import NGFFixedCache, _ngf
 
 __all__ = ["LNCCLoss", "MSELoss", "MILoss", "NGFLoss", "METRICS", "make_metric"]
 
@@ -33,9 +35,12 @@ class LNCCLoss(nn.Module):
         super().__init__()
         self.window = window if isinstance(window, int) else tuple(window)
         self.eps = eps
+        # A registration calls the loss with the same fixed image every iteration: its own
+        # terms (2 of the 5 box sums, its centring) are kept for the last fixed image seen.
+        self._fixed_cache = FixedStatisticsCache()
 
     def forward(self, fixed: torch.Tensor, moving: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return F.lncc_loss(fixed, moving, window=self.window, mask=mask, eps=self.eps)
+        return _lncc(fixed, moving, self.window, mask, self.eps, cache=self._fixed_cache)
 
     def extra_repr(self) -> str:
         return f"window={self.window}, eps={self.eps:g}"
@@ -131,9 +136,12 @@ class NGFLoss(nn.Module):
         super().__init__()
         self.eps = eps
         self.spacing = None if spacing is None else tuple(spacing)
+        # The fixed image's gradient terms are kept for the last fixed image seen (see LNCCLoss).
+        self._fixed_cache = NGFFixedCache()
 
     def forward(self, fixed: torch.Tensor, moving: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return F.ngf_loss(fixed, moving, eps=self.eps, mask=mask, spacing=self.spacing)
+        return _ngf(fixed, moving, self.eps, mask, None if self.spacing is None else list(self.spacing),
+                    cache=self._fixed_cache)
 
     def extra_repr(self) -> str:
         s = f"eps={self.eps:g}"

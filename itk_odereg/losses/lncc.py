@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
@@ -31,6 +32,52 @@ def _centre(x: torch.Tensor, m: Optional[torch.Tensor], dims: Tuple[int, ...]):
     return xc, var, count
 
 
+@dataclass
+class FixedStatistics:
+    """What LNCC needs of the fixed image alone, for one mask, window and ``eps``.
+
+    A registration compares one fixed image with a new warped moving image at
+    every iteration; these terms (the centred image, its local sums and local
+    variances, the window counts) are the same each time, so :class:`LNCCLoss`
+    computes them once per fixed image: 2 of the 5 box sums and the fixed
+    image's centring per call.
+    """
+
+    fc: torch.Tensor          # centred fixed image (inside the mask)
+    var_f: torch.Tensor       # its global variance, [N, C, 1..]
+    count: torch.Tensor       # mask voxels per image, [N, 1, 1..]
+    e_f: torch.Tensor         # regularizer of the local variances, [N, C, 1..]
+    a: torch.Tensor           # local sums of fc (times the mask)
+    var_f_loc: torch.Tensor   # local variances of fc, regularized
+    n: torch.Tensor           # voxels (mask voxels) per window
+    inv_n: torch.Tensor
+
+
+def fixed_statistics(fixed: torch.Tensor, mask: Optional[torch.Tensor], radii: Tuple[int, ...],
+                     eps: float) -> FixedStatistics:
+    """:class:`FixedStatistics` of a (contiguous) fixed image; ``mask`` as :func:`_prepare_mask` returns it."""
+    with torch.no_grad():
+        nd = len(radii)
+        dims = tuple(range(2, 2 + nd))
+        fc, var_f, count = _centre(fixed, mask, dims)
+        e_f = (eps * var_f).clamp_min(_eps_floor(fixed.dtype))  # [N, C, 1..]: regularizer of the local variance
+        q = fixed.new_empty((2,) + tuple(fixed.shape))
+        if mask is None:
+            q[0].copy_(fc)
+        else:
+            torch.mul(fc, mask, out=q[0])
+        torch.mul(q[0], fc, out=q[1])
+        box_sum_(q, radii)
+        if mask is None:
+            n = _window_counts(fixed.shape[2:], radii, fixed.dtype, fixed.device)
+        else:
+            n = box_sum_(mask.clone(), radii).clamp_min_(1.0)  # windows with no mask voxel: weight 0 anyway
+        inv_n = n.reciprocal()
+        a, aa = q.unbind(0)
+        var_f_loc = aa.sub_(a.square() * inv_n).clamp_min_(0.0).add_(e_f * n)
+        return FixedStatistics(fc, var_f, count, e_f, a, var_f_loc, n, inv_n)
+
+
 class _LNCC(torch.autograd.Function):
     """1 - mean local NCC^2 with box sums; the backward is three (or five) more box sums.
 
@@ -45,36 +92,28 @@ class _LNCC(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, fixed, moving, mask, radii, eps):
+    def forward(ctx, fixed, moving, mask, radii, eps, stats: Optional[FixedStatistics] = None):
         nd = len(radii)
         dims = tuple(range(2, 2 + nd))
-        fc, var_f, count = _centre(fixed, mask, dims)
+        if stats is None:
+            stats = fixed_statistics(fixed, mask, radii, eps)
+        fc, var_f, count, e_f = stats.fc, stats.var_f, stats.count, stats.e_f
+        a, var_f_loc, n, inv_n = stats.a, stats.var_f_loc, stats.n, stats.inv_n
         mc, var_m, _ = _centre(moving, mask, dims)
-        floor = _eps_floor(fixed.dtype)
-        e_f = (eps * var_f).clamp_min(floor)  # [N, C, 1..]: regularizer of the local variance
-        e_m = (eps * var_m).clamp_min(floor)
+        e_m = (eps * var_m).clamp_min(_eps_floor(fixed.dtype))
 
-        # Q = box sums of (m f, m g, m f^2, m g^2, m f g), f and g centred.
-        q = fixed.new_empty((5,) + tuple(fixed.shape))
+        # Q = box sums of (m g, m g^2, m f g), f and g centred (those of f are in stats).
+        q = fixed.new_empty((3,) + tuple(fixed.shape))
         if mask is None:
-            q[0].copy_(fc)
-            q[1].copy_(mc)
+            q[0].copy_(mc)
         else:
-            torch.mul(fc, mask, out=q[0])
-            torch.mul(mc, mask, out=q[1])
+            torch.mul(mc, mask, out=q[0])
+        torch.mul(q[0], mc, out=q[1])
         torch.mul(q[0], fc, out=q[2])
-        torch.mul(q[1], mc, out=q[3])
-        torch.mul(q[0], mc, out=q[4])
         box_sum_(q, radii)
-        if mask is None:
-            n = _window_counts(fixed.shape[2:], radii, fixed.dtype, fixed.device)
-        else:
-            n = box_sum_(mask.clone(), radii).clamp_min_(1.0)  # windows with no mask voxel: weight 0 anyway
-        inv_n = n.reciprocal()
 
-        a, b, aa, bb, ab = q.unbind(0)
+        b, bb, ab = q.unbind(0)
         cross = ab.sub_(a * b * inv_n)  # sum (f - <f>)(g - <g>)
-        var_f_loc = aa.sub_(a.square() * inv_n).clamp_min_(0.0).add_(e_f * n)
         var_m_loc = bb.sub_(b.square() * inv_n).clamp_min_(0.0).add_(e_m * n)
         cc = cross.square().div_(var_f_loc * var_m_loc).clamp_max_(1.0)
         if mask is None:
@@ -99,7 +138,7 @@ class _LNCC(torch.autograd.Function):
          e_f, e_m, var_f, var_m, count) = ctx.saved_tensors
         need_f, need_m = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         if not (need_f or need_m):
-            return None, None, None, None, None
+            return None, None, None, None, None, None
         eps, radii, floor = ctx.eps, ctx.radii, _eps_floor(fc.dtype)
         nd = len(radii)
         dims = tuple(range(2, 2 + nd))
@@ -139,7 +178,7 @@ class _LNCC(torch.autograd.Function):
             if mask is not None:
                 grad.mul_(mask)
             grads[name] = grad
-        return grads.get("f"), grads.get("g"), None, None, None
+        return grads.get("f"), grads.get("g"), None, None, None, None
 
 
 def lncc_loss(
@@ -212,8 +251,39 @@ def lncc_loss(
     Raises:
         ValueError: bad shapes, dtypes, devices, ``window`` or ``eps``.
     """
+    return _lncc(fixed, moving, window, mask, eps, cache=None)
+
+
+class FixedStatisticsCache:
+    """The :class:`FixedStatistics` of the last fixed image seen, reused while the same tensor
+    (same object, not modified in place since), mask, window and ``eps`` come back."""
+
+    def __init__(self) -> None:
+        self._key: Optional[tuple] = None
+        self._stats: Optional[FixedStatistics] = None
+
+    def get(self, fixed: torch.Tensor, mask_arg: Optional[torch.Tensor], mask: Optional[torch.Tensor],
+            radii: Tuple[int, ...], eps: float) -> FixedStatistics:
+        # The tensors themselves are part of the key (compared with `is`), so an id cannot be reused.
+        key = (fixed, fixed._version, mask_arg, None if mask_arg is None else mask_arg._version, radii, eps)
+        if self._key is None or not _same_key(self._key, key):
+            self._stats = fixed_statistics(fixed.contiguous(), mask, radii, eps)
+            self._key = key
+        return self._stats
+
+    def clear(self) -> None:
+        self._key = self._stats = None
+
+
+def _same_key(a: tuple, b: tuple) -> bool:
+    return a[0] is b[0] and a[1] == b[1] and a[2] is b[2] and a[3] == b[3] and a[4] == b[4] and a[5] == b[5]
+
+
+def _lncc(fixed, moving, window, mask, eps, cache: Optional[FixedStatisticsCache]) -> torch.Tensor:
     nd = _check_pair(fixed, moving, "lncc_loss")
     radii = _window_radii(window, nd, "lncc_loss")
     eps = _check_positive(eps, "eps", "lncc_loss")
     m = _prepare_mask(mask, fixed, "lncc_loss")
-    return _LNCC.apply(fixed.contiguous(), moving.contiguous(), m, radii, eps)
+    # A fixed image that needs its gradient is recomputed every call (it may change under the optimizer).
+    stats = cache.get(fixed, mask, m, radii, eps) if cache is not None and not fixed.requires_grad else None
+    return _LNCC.apply(fixed.contiguous(), moving.contiguous(), m, radii, eps, stats)

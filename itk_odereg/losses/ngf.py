@@ -87,34 +87,70 @@ def ngf_loss(
     Raises:
         ValueError: bad shapes, ``eps`` or ``spacing``.
     """
+    return _ngf(fixed, moving, eps, mask, spacing, cache=None)
+
+
+class NGFFixedCache:
+    """The fixed image's gradient terms of the last fixed image seen (``NGFLoss``), reused while
+    the same tensor (not modified in place since), mask, ``eps`` and spacing come back."""
+
+    def __init__(self) -> None:
+        self._key: Optional[tuple] = None
+        self._terms: Optional[tuple] = None
+
+    def get(self, fixed, mask_arg, mask, eps, spacing, nd):
+        key = (fixed, fixed._version, mask_arg, None if mask_arg is None else mask_arg._version, eps,
+               None if spacing is None else tuple(spacing))
+        same = self._key is not None and all(
+            (a is b) if i in (0, 2) else (a == b) for i, (a, b) in enumerate(zip(self._key, key)))
+        if not same:
+            with torch.no_grad():
+                self._terms = _fixed_terms(fixed, mask, eps, spacing, nd)
+            self._key = key
+        return self._terms
+
+
+def _fixed_terms(fixed, m, eps, spacing, nd):
+    """(gradient components, |grad f|^2 + eps_f^2, stencil-eroded mask or None) of the fixed image."""
+    dims = tuple(range(2, 2 + nd))
+    # Central differences inside, one-sided on the border (torch.gradient, edge order 1), per mm with spacing.
+    gf = central_differences(fixed, spacing, "one_sided")
+    nf2 = sum(g.square() for g in gf)
+    if m is None:
+        w = None
+        ms_f = nf2.mean(dims, keepdim=True)
+    else:
+        w = _erode_stencil(m, nd)
+        cnt = w.sum(dims, keepdim=True).clamp_min(1.0)
+        ms_f = (nf2 * w).sum(dims, keepdim=True) / cnt
+    e_f = (eps * eps * ms_f).clamp_min(_eps_floor(fixed.dtype))
+    return gf, nf2 + e_f, w
+
+
+def _ngf(fixed, moving, eps, mask, spacing, cache: Optional[NGFFixedCache]) -> torch.Tensor:
     op = "ngf_loss"
     nd = _check_pair(fixed, moving, op)
     eps = _check_positive(eps, "eps", op)
     spacing = _check_spacing(spacing, nd, op)
     m = _prepare_mask(mask, fixed, op)
     dims = tuple(range(2, 2 + nd))
-    floor = _eps_floor(fixed.dtype)
-
-    # Central differences inside, one-sided on the border (torch.gradient, edge order 1), per mm with spacing.
-    gf = central_differences(fixed, spacing, "one_sided")
+    # A fixed image that needs its gradient is recomputed every call (it may change under the optimizer).
+    if cache is not None and not fixed.requires_grad:
+        gf, denominator_f, w = cache.get(fixed, mask, m, eps, spacing, nd)
+    else:
+        gf, denominator_f, w = _fixed_terms(fixed, m, eps, spacing, nd)
     gm = central_differences(moving, spacing, "one_sided")
-    nf2 = sum(g.square() for g in gf)
     nm2 = sum(g.square() for g in gm)
     dot = sum(a * b for a, b in zip(gf, gm))
-    if m is None:
-        w = None
-        ms_f = nf2.mean(dims, keepdim=True)
+    if w is None:
         ms_m = nm2.mean(dims, keepdim=True)
     else:
-        w = _erode_stencil(m, nd)
         cnt = w.sum(dims, keepdim=True).clamp_min(1.0)
-        ms_f = (nf2 * w).sum(dims, keepdim=True) / cnt
         ms_m = (nm2 * w).sum(dims, keepdim=True) / cnt
-    e_f = (eps * eps * ms_f).clamp_min(floor)
-    e_m = (eps * eps * ms_m).clamp_min(floor)
+    e_m = (eps * eps * ms_m).clamp_min(_eps_floor(fixed.dtype))
     # (n_f . n_m)^2 of the normalized gradient fields (core.differences.normalized_gradient) in closed
     # form: n is never formed, and eps is a tensor per image and channel (relative to the RMS gradient).
-    value = dot.square() / ((nf2 + e_f) * (nm2 + e_m))
+    value = dot.square() / (denominator_f * (nm2 + e_m))
     if w is None:
         return 1.0 - value.mean()
     return 1.0 - (value * w).sum() / (w.sum() * fixed.shape[1]).clamp_min(1.0)
