@@ -266,20 +266,28 @@ def test_registration_2d_matches_sitk_resample():
     assert np.abs(ours - f)[4:-4, 4:-4].mean() < 0.5 * np.abs(before - f)[4:-4, 4:-4].mean()
 
 
+def _random_velocity_network(seed: int):
+    """A float64 VelocityNetwork on a 6x7x8 control grid whose coarse velocity and state network
+    are random (not the zero start), so that both parts of the field act."""
+    from itk_odereg.ode.velocity import VelocityNetwork
+
+    torch.manual_seed(seed)
+    velocity = VelocityNetwork((6, 7, 8), (4.0, 4.0, 4.0), 3.0, hidden_channels=8).double()
+    with torch.no_grad():
+        velocity.coarse_velocity.normal_(0, 2.0)
+        for p in velocity.state_net.parameters():
+            p.normal_(0, 0.3)
+    return velocity
+
+
 def test_euler_fast_path_integrates_like_torchdiffeq():
     """The default solver (fixed-step Euler) runs without torchdiffeq's bookkeeping and skips the
     first step's warp (the particles start on the grid): same map and energy as torchdiffeq's Euler."""
     import torchdiffeq
 
     from itk_odereg.ode.flow import NeuralODEFlow, _Dynamics
-    from itk_odereg.ode.velocity import VelocityNetwork
 
-    torch.manual_seed(3)
-    velocity = VelocityNetwork((6, 7, 8), (4.0, 4.0, 4.0), 3.0, hidden_channels=8).double()
-    with torch.no_grad():
-        velocity.coarse_velocity.normal_(0, 2.0)
-        for p in velocity.state_net.parameters():
-            p.normal_(0, 0.3)
+    velocity = _random_velocity_network(seed=3)
     flow = NeuralODEFlow(velocity, steps=4)
     shape, spacing = (11, 13, 15), (2.0, 2.0, 2.0)
     u, energy = flow(shape, spacing)
@@ -296,14 +304,7 @@ def test_euler_fast_path_integrates_like_torchdiffeq():
 def test_velocity_of_the_identity_state_is_the_network_at_zero():
     """state None (the first Euler step) evaluates the pointwise network once and broadcasts it:
     the same field, and the same gradients for every parameter, as a zero state at every point."""
-    from itk_odereg.ode.velocity import VelocityNetwork
-
-    torch.manual_seed(4)
-    velocity = VelocityNetwork((6, 7, 8), (4.0, 4.0, 4.0), 3.0, hidden_channels=8).double()
-    with torch.no_grad():
-        velocity.coarse_velocity.normal_(0, 2.0)
-        for p in velocity.state_net.parameters():
-            p.normal_(0, 0.3)
+    velocity = _random_velocity_network(seed=4)
     shape = (11, 13, 15)
     outputs, grads = [], []
     for state in (None, torch.zeros(1, 3, *shape, dtype=torch.float64)):
