@@ -132,6 +132,46 @@ RESAMPLE_CASES = [
     ("spatial-zero", lambda: (T(1, 2, 3, 0, 5), [4, 4, 4]), _esc("'input' must have no empty dim")),
 ]
 
+
+
+def _mlp(cin=3, widths=(8, 3), points=10, dtype=f32):
+    """(input, weights, biases) of a valid tanh_mlp call."""
+    weights, biases, width = [], [], cin
+    for out in widths:
+        weights.append(T(out, width, dtype=dtype))
+        biases.append(T(out, dtype=dtype))
+        width = out
+    return T(cin, points, dtype=dtype), weights, biases
+
+
+def _mlp_with(**change):
+    x, weights, biases = _mlp()
+    return change.get("x", x), change.get("weights", weights), change.get("biases", biases)
+
+
+TANH_MLP_CASES = [
+    ("input-3d", lambda: _mlp_with(x=T(1, 3, 10)),
+     _esc("itk_odereg.tanh_mlp(): 'input' must have shape [channels, points], got [1, 3, 10]")),
+    ("input-int", lambda: _mlp_with(x=T(3, 10, dtype=torch.int64)),
+     _esc("itk_odereg.tanh_mlp(): 'input' must be float32 or float64")),
+    ("no-layers", lambda: _mlp_with(weights=[], biases=[]), _esc("'weights' must hold 1 to 8 layers, got 0")),
+    ("too-deep", lambda: _mlp(widths=(2,) * 9), _esc("'weights' must hold 1 to 8 layers, got 9")),
+    ("biases-count", lambda: _mlp_with(biases=[T(8)]),
+     _esc("itk_odereg.tanh_mlp(): 'biases' must hold one vector per layer of 'weights' (2), got 1")),
+    ("input-too-wide", lambda: _mlp(cin=33), _esc("'input' must have 1 to 32 channels, got shape [33, 10]")),
+    ("input-no-channels", lambda: _mlp_with(x=T(0, 10)), _esc("'input' must have 1 to 32 channels")),
+    ("layer-too-wide", lambda: _mlp(widths=(40, 3)),
+     _esc("itk_odereg.tanh_mlp(): 'weights' of layer 0 must have shape [out, 3] with 1 <= out <= 32, got [40, 3]")),
+    ("weights-mismatch", lambda: _mlp_with(weights=[T(8, 3), T(3, 7)]),
+     _esc("'weights' of layer 1 must have shape [out, 8] with 1 <= out <= 32, got [3, 7]")),
+    ("bias-shape", lambda: _mlp_with(biases=[T(8), T(4)]),
+     _esc("itk_odereg.tanh_mlp(): 'biases' of layer 1 must have shape [3], got [4]")),
+    ("weights-dtype", lambda: _mlp_with(weights=[T(8, 3, dtype=f64), T(3, 8)]),
+     r"itk_odereg\.tanh_mlp\(\): 'input' \(.*\) and 'weights' \(.*\) must have the same dtype"),
+    ("biases-int", lambda: _mlp_with(biases=[T(8, dtype=torch.int32), T(3)]),
+     _esc("itk_odereg.tanh_mlp(): 'biases' must be float32 or float64")),
+]
+
 REGULARIZERS = ["diffusion_energy", "bending_energy", "jacobian_determinant", "jacobian_penalty"]
 MIN_SIZE = {"diffusion_energy": 2, "bending_energy": 3, "jacobian_determinant": 2, "jacobian_penalty": 2}
 
@@ -181,6 +221,7 @@ _WRAPPER_MODULE = {
     "sample_at": "itk_odereg.ops.warp",
     "bspline_to_dense": "itk_odereg.ops.bspline",
     "resample_linear": "itk_odereg.ops.resample",
+    "tanh_mlp": "itk_odereg.ops.tanh_mlp",
     "diffusion_energy": "itk_odereg.ops.regularizers",
     "bending_energy": "itk_odereg.ops.regularizers",
     "jacobian_determinant": "itk_odereg.ops.regularizers",
@@ -195,7 +236,12 @@ def call(mode, name, args, monkeypatch):
         return getattr(torch.ops.itk_odereg, name).default(*args)
     if mode == "fake":
         with FakeTensorMode() as fake_mode:
-            fake_args = [fake_mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
+            def to_fake(a):
+                if isinstance(a, torch.Tensor):
+                    return fake_mode.from_tensor(a)
+                return [to_fake(t) for t in a] if isinstance(a, list) else a
+
+            fake_args = [to_fake(a) for a in args]
             return getattr(torch.ops.itk_odereg, name).default(*fake_args)
     if mode == "fallback":
         monkeypatch.setattr(sys.modules[_WRAPPER_MODULE[name]], "_HAS_OPS", False)
@@ -246,6 +292,13 @@ def test_resample_bad_input(cid, make, match, mode, monkeypatch):
 
 
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("cid,make,match", TANH_MLP_CASES, ids=[c[0] for c in TANH_MLP_CASES])
+def test_tanh_mlp_bad_input(cid, make, match, mode, monkeypatch):
+    with pytest.raises(RuntimeError, match=match):
+        call(mode, "tanh_mlp", make(), monkeypatch)
+
+
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("name,make,match", list(regularizer_cases()))
 def test_regularizer_bad_input(name, make, match, mode, monkeypatch):
     with pytest.raises(RuntimeError, match=match):
@@ -277,6 +330,11 @@ def test_backward_ops_check_their_arguments():
         O._resample_linear_backward(T(1, 2, 8, 8), [5, 6, 7])
     with pytest.raises(RuntimeError, match=r"_resample_linear_backward\(\): 'grad_output' must be float32"):
         O._resample_linear_backward(T(1, 2, 8, 8, dtype=torch.int32), [5, 6])
+    x, weights, biases = _mlp()
+    with pytest.raises(RuntimeError, match=_esc("_tanh_mlp_backward(): 'grad_output' must have shape [3, 10], got [8, 10]")):
+        O._tanh_mlp_backward(T(8, 10), x, weights, biases)
+    with pytest.raises(RuntimeError, match=_esc("_tanh_mlp_backward(): 'biases' of layer 1 must have shape [3]")):
+        O._tanh_mlp_backward(T(3, 10), x, weights, [biases[0], T(5)])
     with pytest.raises(RuntimeError, match=r"_jacobian_determinant_backward\(\): 'grad_output' must have shape"):
         O._jacobian_determinant_backward(T(1, 4, 4), u)
     with pytest.raises(RuntimeError, match=r"_diffusion_energy_backward\(\): 'grad_output' must be a scalar"):

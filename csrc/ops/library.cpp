@@ -1,5 +1,5 @@
 // The `itk_odereg` operator library. Schemas live next to each op
-// (warp.cpp, bspline.cpp, regularizers.cpp, resample.cpp, box_sum.cpp) as fragments of this library.
+// (warp.cpp, bspline.cpp, regularizers.cpp, resample.cpp, tanh_mlp.cpp, box_sum.cpp) as fragments of this library.
 #include <torch/library.h>
 
 TORCH_LIBRARY(itk_odereg, m) {

@@ -6,4 +6,5 @@
 #include "bspline.h"
 #include "regularizers.h"
 #include "resample.h"
+#include "tanh_mlp.h"
 #include "warp.h"

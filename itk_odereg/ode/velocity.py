@@ -103,19 +103,18 @@ class VelocityNetwork(nn.Module):
         else:
             state = self._control_input(state_mm)
         # Inputs scaled to O(1) for typical brain displacements (~10 mm).
-        return velocity + self.max_speed_mm * torch.tanh(self._pointwise(state / 10.0))
+        return velocity + self.max_speed_mm * self._bounded_response(state / 10.0)
 
-    def _pointwise(self, state: torch.Tensor) -> torch.Tensor:
-        """``state_net`` applied to [1, d, *S]: its 1x1 convolutions as matrix products on
-        [channels, voxels], the same function with the same parameters, without the
-        per-call cost of the general convolution kernels (forward and backward)."""
-        x = state.reshape(state.shape[1], -1)
-        for layer in self.state_net:
-            if isinstance(layer, nn.Tanh):
-                x = torch.tanh(x)
-            else:
-                x = torch.addmm(layer.bias[:, None], layer.weight.reshape(layer.out_channels, -1), x)
-        return x.reshape(1, -1, *state.shape[2:])
+    def _bounded_response(self, state: torch.Tensor) -> torch.Tensor:
+        """``tanh(state_net(state))`` on [1, d, *S], in (-1, 1): the network's 1x1 convolutions
+        with tanh between them and the bounding tanh after the last are one pointwise op
+        (:func:`itk_odereg.ops.tanh_mlp`, the same function with the same parameters), which
+        keeps a block of points in cache through every layer, forward and backward."""
+        convolutions = [layer for layer in self.state_net if not isinstance(layer, nn.Tanh)]
+        out = ops.tanh_mlp(state.reshape(state.shape[1], -1),
+                           [conv.weight.reshape(conv.out_channels, -1) for conv in convolutions],
+                           [conv.bias for conv in convolutions])
+        return out.reshape(1, -1, *state.shape[2:])
 
     def _smoothing(self, like: torch.Tensor) -> list:
         sigma = [self.smoothing_mm / h for h in self.control_spacing_mm]

@@ -12,6 +12,7 @@ from .box import box_sum_
 from .bspline import bspline_control_shape, bspline_to_dense
 from .regularizers import bending_energy, diffusion_energy, jacobian_determinant, jacobian_penalty
 from .resample import resample_linear
+from .tanh_mlp import tanh_mlp
 from .warp import compose, sample_at, warp
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "sample_at",
     "box_sum_",
     "resample_linear",
+    "tanh_mlp",
     "compose",
     "bspline_to_dense",
     "bspline_control_shape",

@@ -160,3 +160,34 @@ def check_resample_args(x: torch.Tensor, shape: Sequence[int], op: str, name: st
     for size in shape:
         torch._check(size >= 1, lambda: f"itk_odereg.{op}(): 'shape' must be positive, got {list(shape)}")
     return ndim
+
+
+TANH_MLP_MAX_CHANNELS = 32
+TANH_MLP_MAX_LAYERS = 8
+
+
+def check_tanh_mlp_args(x: torch.Tensor, weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor],
+                        op: str) -> int:
+    """Mirror of ``check_tanh_mlp_args`` in ``csrc/ops/common/tanh_mlp.h``; returns the number of layers."""
+    check_floating(x, op, "input")
+    torch._check(x.dim() == 2, lambda: f"itk_odereg.{op}(): 'input' must have shape [channels, points], got {list(x.shape)}")
+    layers = len(weights)
+    torch._check(1 <= layers <= TANH_MLP_MAX_LAYERS,
+                 lambda: f"itk_odereg.{op}(): 'weights' must hold 1 to {TANH_MLP_MAX_LAYERS} layers, got {layers}")
+    torch._check(len(biases) == layers, lambda: f"itk_odereg.{op}(): 'biases' must hold one vector per layer of "
+                 f"'weights' ({layers}), got {len(biases)}")
+    width = x.shape[0]
+    torch._check(1 <= width <= TANH_MLP_MAX_CHANNELS, lambda: f"itk_odereg.{op}(): 'input' must have 1 to "
+                 f"{TANH_MLP_MAX_CHANNELS} channels, got shape {list(x.shape)}")
+    for index, (w, b) in enumerate(zip(weights, biases)):
+        check_floating(w, op, "weights")
+        check_floating(b, op, "biases")
+        check_same_dtype_device(x, "input", w, "weights", op)
+        check_same_dtype_device(x, "input", b, "biases", op)
+        torch._check(w.dim() == 2 and w.shape[1] == width and 1 <= w.shape[0] <= TANH_MLP_MAX_CHANNELS,
+                     lambda: f"itk_odereg.{op}(): 'weights' of layer {index} must have shape [out, {width}] with "
+                     f"1 <= out <= {TANH_MLP_MAX_CHANNELS}, got {list(w.shape)}")
+        torch._check(b.dim() == 1 and b.shape[0] == w.shape[0], lambda: f"itk_odereg.{op}(): 'biases' of layer "
+                     f"{index} must have shape [{w.shape[0]}], got {list(b.shape)}")
+        width = w.shape[0]
+    return layers

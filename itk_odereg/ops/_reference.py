@@ -83,6 +83,13 @@ def resample_linear(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     return F.interpolate(x, size=shape, mode=mode, align_corners=True)
 
 
+def tanh_mlp(x: torch.Tensor, weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``tanh(W x + b[:, None])`` layer after layer on [channels, points], the last layer included."""
+    for w, b in zip(weights, biases):
+        x = torch.tanh(torch.addmm(b[:, None], w, x))
+    return x
+
+
 def bspline_basis_matrix(size: int, spacing: int, dtype=torch.float64, device=None) -> torch.Tensor:
     """[size, G] matrix of B((x - (k - 1) * spacing) / spacing): control point k sits at voxel (k - 1) * spacing."""
     control = (size - 1) // spacing + 4

@@ -63,6 +63,18 @@ int main() {
   EXPECT(itk_odereg::ops::jacobian_penalty(torch::zeros({1, 3, D, H, W}, opts), 0.5).item<double>() == 0.0,
          "no penalty for the identity");
 
+  // The pointwise tanh network against the same layers in torch, and its gradient through C++ autograd.
+  auto state = torch::randn({3, 300}, opts).requires_grad_(true);
+  std::vector<torch::Tensor> weights{torch::randn({8, 3}, opts), torch::randn({3, 8}, opts)};
+  std::vector<torch::Tensor> biases{torch::randn({8}, opts), torch::randn({3}, opts)};
+  auto response = itk_odereg::ops::tanh_mlp(state, weights, biases);
+  auto layers = torch::tanh(torch::addmm(biases[1].unsqueeze(1), weights[1],
+                                         torch::tanh(torch::addmm(biases[0].unsqueeze(1), weights[0], state))));
+  EXPECT((response - layers).abs().max().item<double>() < 1e-12, "tanh_mlp matches torch");
+  auto state_grad = torch::autograd::grad({response.sum()}, {state})[0];
+  auto layers_grad = torch::autograd::grad({layers.sum()}, {state})[0];
+  EXPECT((state_grad - layers_grad).abs().max().item<double>() < 1e-12, "tanh_mlp gradient");
+
   // A clear error for bad input, not a crash.
   bool threw = false;
   try {
