@@ -385,6 +385,39 @@ def test_returned_map_integrates_the_optimized_flow_with_output_steps():
         NODEOSettings(output_steps=0)
 
 
+@pytest.mark.parametrize("steps, coarse_steps, expected", [
+    (4, 3, [3, 3, 4, 4]),        # the defaults: 3 on the coarse levels, 4 on the finest and the returned map
+    (2, 3, [2, 2, 2, 4]),        # never more on a coarse level than on the finest
+    (4, None, [4, 4, 4, 4]),     # None: ``steps`` everywhere
+])
+def test_coarse_levels_are_optimized_with_coarse_steps(monkeypatch, steps, coarse_steps, expected):
+    """Each level's iterations integrate with that level's step count (min(coarse_steps, steps) below the
+    finest), and the returned map with max(steps, output_steps)."""
+    from itk_odereg.ode.flow import NeuralODEFlow
+    from itk_odereg.registration.nodeo import nodeo_register
+
+    steps_per_call = []
+    original = NeuralODEFlow.forward
+
+    def recording(self, *args, **kwargs):
+        steps_per_call.append(self.steps)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(NeuralODEFlow, "forward", recording)
+    shape = (20, 20, 20)
+    base = phantom(shape, seed=10)
+    settings = NODEOSettings(levels=(4.0, 2.0, 1.0), iterations=(2, 2, 2), steps=steps, coarse_steps=coarse_steps,
+                             output_steps=4, control_spacing_mm=4.0, smoothing_mm=2.0)
+    nodeo_register(base.roll(1, 2), base, (1.0, 1.0, 1.0), settings)
+    # one integration per iteration (2 per level), then one for the returned map
+    assert steps_per_call == [expected[0]] * 2 + [expected[1]] * 2 + [expected[2]] * 2 + [expected[3]]
+
+
+def test_coarse_steps_is_validated():
+    with pytest.raises(ValueError, match="'coarse_steps' must be >= 1 or None"):
+        NODEOSettings(coarse_steps=0)
+
+
 def test_flow_spacing_ratio_sets_the_grid_the_flow_is_integrated_on():
     """The flow grid is about ``flow_spacing_ratio`` times the control spacing, never finer than the
     level; a coarser one still registers (benchmarks/README.md has its cost in Dice and time)."""

@@ -160,8 +160,9 @@ def _add_register_command(sub: Any, common: argparse.ArgumentParser) -> None:
     reg.add_argument("--iterations", type=int, nargs="+", metavar="N",
                      help="NODEO iterations per pyramid level, coarse to fine, 1 to 3 values (default 150 100 50)")
     reg.add_argument("--steps", type=int, default=4,
-                     help="Euler steps on t in [0, 1] while NODEO optimizes (default 4; the written map "
-                          "integrates the optimized flow with at least 4)")
+                     help="Euler steps on t in [0, 1] while NODEO optimizes its finest level (default 4; "
+                          "the coarser levels take min(3, N); the written map integrates the optimized flow "
+                          "with at least 4)")
     reg.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     reg.add_argument("--reproducible", action="store_true",
                      help="bit-identical outputs for a seed at any --threads: the stages run on one thread "

@@ -66,7 +66,8 @@ def register(
             None to skip the pre-alignment (the images must already overlap).
         device: ``"cpu"`` or ``"cuda"``.
         iterations: NODEO iterations per pyramid level (coarse to fine); default (150, 100, 50).
-        steps: Euler steps on [0, 1] while NODEO optimizes (the returned map integrates the
+        steps: Euler steps on [0, 1] while NODEO optimizes its finest level (the coarser levels
+            take at most ``NODEOSettings.coarse_steps``, 3; the returned map integrates the
             optimized flow with at least 4, ``NODEOSettings.output_steps``).
         seed: random seed (None: a fresh seed each run, so runs differ; the one used is ``result.seed``).
             The caller's torch random state is left as it was either way.

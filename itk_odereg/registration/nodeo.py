@@ -47,7 +47,8 @@ class NODEOSettings:
     metric_options: dict = field(default_factory=dict)
     levels: tuple[float, ...] = (4.0, 2.0, 1.0)          # pyramid factors, coarse to fine
     iterations: tuple[int, ...] = (150, 100, 50)         # Adam iterations per level
-    steps: int = 4                                        # Euler steps on [0, 1] while optimizing
+    steps: int = 4                                        # Euler steps on [0, 1] while optimizing the finest level
+    coarse_steps: Optional[int] = 3                        # ... and every coarser level: min(coarse_steps, steps); None: steps
     output_steps: int = 4                                  # steps of the returned map: max(steps, output_steps)
     method: str = "euler"
     adjoint: bool = False
@@ -73,6 +74,8 @@ class NODEOSettings:
             raise ValueError(f"NODEOSettings(): pyramid 'levels' must be factors >= 1, got {self.levels}")
         if self.steps < 1:
             raise ValueError(f"NODEOSettings(): 'steps' must be >= 1, got {self.steps}")
+        if self.coarse_steps is not None and self.coarse_steps < 1:
+            raise ValueError(f"NODEOSettings(): 'coarse_steps' must be >= 1 or None, got {self.coarse_steps}")
         if self.output_steps < 1:
             raise ValueError(f"NODEOSettings(): 'output_steps' must be >= 1, got {self.output_steps}")
         if not 0 < self.flow_spacing_ratio <= 1:
@@ -237,6 +240,19 @@ def _fit_window_to_spacing(metric: torch.nn.Module, settings: NODEOSettings, spa
     metric.window = base if len(set(widths)) == 1 else widths
 
 
+def _optimization_steps(settings: NODEOSettings, level_index: int) -> int:
+    """Euler steps while optimizing pyramid level ``level_index`` (0 the coarsest).
+
+    The coarse levels only set the start of the next one, which re-optimizes the same velocity
+    field: measured on 6 pairs per task (benchmarks/README.md), 3 steps there instead of 4 keep
+    Dice within 0.1 points and fold no voxel, and take about a tenth less time; 2 steps at the
+    coarsest level, or at both coarse levels, fold voxels or lose 0.3 points on T1 to T2.
+    """
+    if level_index == len(settings.levels) - 1 or settings.coarse_steps is None:
+        return settings.steps
+    return min(settings.coarse_steps, settings.steps)
+
+
 def _optimize_level(flow, optimizer, metric, settings: NODEOSettings, level, level_index: int, factor: float,
                     iterations: int, fixed_l: torch.Tensor, moving_l: torch.Tensor,
                     initial_l: Optional[torch.Tensor], control_spacing_mm: float, history: list,
@@ -246,6 +262,7 @@ def _optimize_level(flow, optimizer, metric, settings: NODEOSettings, level, lev
     flow_level = _flow_level(level, control_spacing_mm, settings.flow_spacing_ratio)
     flow_view = _per_axis(flow_level.spacing_mm, fixed_l)
     level_losses: list = []
+    flow.steps = _optimization_steps(settings, level_index)
     for iteration in range(iterations):
         optimizer.zero_grad()
         u_mm, kinetic = flow(flow_level.shape, flow_level.spacing_mm)
