@@ -64,6 +64,26 @@ def test_inverse_warp_matches_sitk_resample_through_the_inverse_transform(regist
     assert_same_image(back[0, 0].numpy(), expected, inner_mask(fixed, moving, inverse))
 
 
+def test_warp_in_chunks_is_the_warp_of_the_whole_grid(registered, monkeypatch):
+    """The warps go over the voxels in chunks (their float64 point arrays bound the output
+    stage's memory); where the chunks end changes no value, and a precomputed ``field_mm``
+    gives the same image."""
+    *_, moving_in, reg = registered
+    whole = reg.warp(moving_in.tensor, moving_in.grid)
+    monkeypatch.setattr(Registration, "CHUNK_POINTS", 997)   # prime: chunks end inside rows and slices
+    assert reg.fixed_grid.numel > 3 * 997
+    assert np.array_equal(reg.warp(moving_in.tensor, moving_in.grid).numpy(), whole.numpy())
+    assert np.array_equal(reg.warp(moving_in.tensor, moving_in.grid, field_mm=reg.field_mm()).numpy(), whole.numpy())
+
+
+def test_inverse_warp_in_chunks_is_the_inverse_warp_of_the_whole_grid(registered, monkeypatch):
+    fixed, _, fixed_in, _, reg = registered
+    monkeypatch.setattr(Registration, "CHUNK_POINTS", reg.moving_grid.numel)   # one chunk
+    whole = reg.inverse_warp(fixed_in.tensor, fixed_in.grid)
+    monkeypatch.setattr(Registration, "CHUNK_POINTS", 997)
+    assert np.array_equal(reg.inverse_warp(fixed_in.tensor, fixed_in.grid).numpy(), whole.numpy())
+
+
 def test_field_mm_is_the_whole_map(registered):
     *_, reg = registered
     transform = sitk_adapter.forward_transform(reg)

@@ -208,6 +208,18 @@ def test_corner_aligned_resampling_of_a_linear_ramp(geom):
     np.testing.assert_allclose(out[inside], expected[inside], atol=1e-9)
 
 
+def test_world_points_at_is_a_slice_of_world_points(geom):
+    """Flat C-order index ranges, on oblique and left-handed grids too: the same float64 values."""
+    grid = ImageGrid.from_sitk(_sitk_image(geom))
+    whole = grid.world_points().reshape(-1, grid.ndim)
+    for start, stop in ((0, grid.numel), (0, 1), (7, 7), (5, 101), (grid.numel - 3, grid.numel)):
+        assert np.array_equal(grid.world_points_at(start, stop), whole[start:stop])
+    with pytest.raises(ValueError, match=r"world_points_at\(\): need 0 <= start <= stop"):
+        grid.world_points_at(3, grid.numel + 1)
+    with pytest.raises(ValueError, match="world_points_at"):
+        grid.world_points_at(5, 4)
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [

@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterable, Mapping, NamedTuple, Optional, Seque
 import torch
 
 from ..core.image import LoadedImage
+from ..core.memory import release_freed_memory
 from ..core.typing import PathLike
 from ..io_utils import OutputSet, check_not_inputs, check_writable, stage_image, write_image
 from ..registration.result import Registration
@@ -127,6 +128,7 @@ def _write_members(out: OutputSet, paths: Mapping[str, str], items: Mapping[str,
                 staged.append(stage_image(image(role), paths[role], inputs=inputs, caller=caller))
             else:
                 out.write(paths[role], lambda tmp, r=role: write_image(image(r), tmp, caller=caller))
+            release_freed_memory()   # the image's temporaries, before the next one's (core/memory.py)
         jobs: list = [lambda item=item: item.finish(into=out) for item in staged]
         if any(role in items for role in _TRANSFORM_ROLES):
             jobs.append(transforms_job)
@@ -240,6 +242,7 @@ def write_registration(
             raise ValueError(f"{caller}: the '{role}' output needs the {name} image as loaded ('{name}=')")
     if warped is None and ("warped" in roles or "qc" in roles):
         warped = reg.warp(moving.tensor, moving.grid)   # once, before the writer threads share it
+        release_freed_memory()
     makers: dict[str, Any] = {
         "warped": lambda: sitk_adapter.image(warped, reg),
         "inverse_warped": lambda: _image_on(reg.inverse_warp(fixed.tensor, fixed.grid), reg.moving_grid),

@@ -550,6 +550,21 @@ class ImageGrid:
         """
         return self.transform_points(self.voxel_coordinates(), Axes.VOXEL, Axes.WORLD)
 
+    def world_points_at(self, start: int, stop: int) -> Array:
+        """Physical LPS position (mm) of the voxel centres with flat (C-order) indices ``start:stop``.
+
+        The same values as ``world_points().reshape(-1, d)[start:stop]``, without building the
+        whole array: for work on a large grid in chunks of voxels.
+
+        Returns:
+            float64 array (stop - start, d), components (x, y, z).
+        """
+        if not 0 <= start <= stop <= self.numel:
+            raise ValueError(f"ImageGrid.world_points_at(): need 0 <= start <= stop <= {self.numel}, "
+                             f"got {start}:{stop}")
+        index = np.unravel_index(np.arange(start, stop), self.shape)
+        return self.transform_points(np.stack(index, axis=-1).astype(np.float64), Axes.VOXEL, Axes.WORLD)
+
     # ------------------------------------------------------------------ pyramids
 
     def corner_aligned(self, factor: float) -> ImageGrid:

@@ -180,8 +180,10 @@ def invert_displacement(
     """
     w = -u_vox if initial is None else initial.clone()
     for _ in range(iterations):
-        new = -ops.warp(u_vox, w, "border")
-        delta = (new - w).abs().max()
+        new = ops.warp(u_vox, w, "border").neg_()
+        # The old estimate is dropped after this, so its buffer takes the difference:
+        # no whole-grid temporaries besides the new estimate.
+        delta = w.sub_(new).abs_().max()
         w = new
         if delta < tolerance:
             break

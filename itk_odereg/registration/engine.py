@@ -28,6 +28,7 @@ from ..core.device import resolve_device
 from ..core.grid import ImageGrid
 from ..core.image import LoadedImage, check_registrable
 from ..core.intensity import normalize_intensity
+from ..core.memory import release_freed_memory
 from ..core.random import fresh_seed
 from ..core.sampling import sample_at_points
 from .options import RegistrationOptions
@@ -174,11 +175,13 @@ def _run_stages(fixed_t, moving_t, fixed_grid: ImageGrid, moving_grid: ImageGrid
     t0 = time.perf_counter()
     A, t, linear_history = _linear_stage(fixed_t, moving_t, fixed_grid, moving_grid, options, report, timings)
     _check_affine(A, caller)
+    release_freed_memory()   # each stage's temporaries have their own shapes (core/memory.py)
     timings["affine"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     work_grid, deformable = _deformable_stage(fixed_t, moving_t, fixed_grid, moving_grid, A, t, options, report,
                                               timings, caller)
+    release_freed_memory()
     elapsed = time.perf_counter() - t0
     if options.method == "msodenet":
         timings["msodenet"] = elapsed

@@ -19,6 +19,7 @@ import torch
 
 from .. import ops
 from ..core.levels import corner_aligned_level
+from ..core.memory import release_freed_memory
 from ..core.random import seeded
 from ..core.intensity import robust_range
 from ..losses import LNCCLoss, MILoss, make_metric
@@ -216,6 +217,8 @@ def nodeo_register(
             _optimize_level(flow, optimizer, metric, settings, level, level_index, factor, iterations,
                             downsample_image(fixed, spacing_mm, level), downsample_image(moving, spacing_mm, level),
                             initial_l, control_spacing_mm, history, progress)
+            # The next level's graph has other shapes: the freed one would mostly sit unused (core/memory.py).
+            release_freed_memory()
         u_vox, inverse = _final_map(flow, settings, shape, spacing_mm, control_spacing_mm, full_spacing)
         return NODEOResult(u_vox, inverse, history, time.perf_counter() - start, flow)
 

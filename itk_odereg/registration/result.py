@@ -101,13 +101,17 @@ class Registration:
 
         ``points``: the fixed grid's world points, when the caller already holds them.
         """
-        A, t = self.affine_matrix, self.affine_translation
         points = self.fixed_grid.world_points() if points is None else points
-        # T(p) - p = A (p + u(p)) + t - p, built in place: these (voxels x d) float64 arrays are the
-        # largest of the output stage, and every temporary of them raised the peak memory.
+        return self._field_at(points, self.displacement_mm)
+
+    def _field_at(self, points: np.ndarray, displacement_mm: np.ndarray) -> np.ndarray:
+        """``T(p) - p = A (p + u(p)) + t - p`` at fixed points ``p`` (..., d) where the deformable part is ``u``."""
+        A, t = self.affine_matrix, self.affine_translation
+        # Built in place: on a whole grid these (voxels x d) float64 arrays are the largest of
+        # the output stage, and every temporary of them raised the peak memory.
         total = points @ (A - np.eye(self.ndim)).T
         total += t
-        total += self.displacement_mm @ A.T
+        total += displacement_mm @ A.T
         return total
 
     @cached_property
@@ -133,12 +137,23 @@ class Registration:
         ``[1, C, *fixed_grid.shape]`` in ``image``'s dtype, on the device of :attr:`displacement`.
         """
         device = self.displacement.device
-        points = self.fixed_grid.world_points()
-        total = self.field_mm(points) if field_mm is None else field_mm
-        mapped = torch.from_numpy(points.reshape(-1, self.ndim)).to(device)
-        del points
-        mapped += torch.from_numpy(total.reshape(-1, self.ndim)).to(device)
-        return sample_at_points(image.to(device), grid, mapped, self.fixed_grid.shape)
+        image = image.to(device)
+        d, count, channels = self.ndim, self.fixed_grid.numel, image.shape[1]
+        u_mm = self.displacement_mm.reshape(-1, d) if field_mm is None else None
+        total_mm = None if field_mm is None else np.asarray(field_mm).reshape(-1, d)
+        out = torch.empty((1, channels, count), dtype=image.dtype, device=device)
+        # In chunks of fixed voxels, as inverse_warp: the float64 point arrays of a whole image
+        # and their temporaries were the largest transient of the output stage (about 9 times
+        # the warped image's size).
+        for start in range(0, count, self.CHUNK_POINTS):
+            stop = min(count, start + self.CHUNK_POINTS)
+            points = self.fixed_grid.world_points_at(start, stop)
+            total = self._field_at(points, u_mm[start:stop]) if total_mm is None else total_mm[start:stop]
+            points += total
+            flat = (1,) * (d - 1) + (stop - start,)
+            out[:, :, start:stop] = sample_at_points(image, grid, torch.from_numpy(points).to(device),
+                                                     flat).reshape(1, channels, -1)
+        return out.view(1, channels, *self.fixed_grid.shape)
 
     def inverse_points(self, points: torch.Tensor) -> torch.Tensor:
         """``T^-1(q)`` for moving-space points ``q`` ``[P, d]`` (float64, LPS mm): fixed-space points ``[P, d]``."""
@@ -168,12 +183,12 @@ class Registration:
         target = self.moving_grid if target is None else target
         device = self.displacement.device
         image = image.to(device)
-        world = target.world_points().reshape(-1, self.ndim)
-        out = torch.empty((1, image.shape[1], world.shape[0]), dtype=image.dtype, device=device)
+        count = target.numel
+        out = torch.empty((1, image.shape[1], count), dtype=image.dtype, device=device)
         # In chunks of target voxels: the float64 point arrays of a whole image would otherwise
         # raise the peak memory of the output stage by several times the image's size.
-        for start in range(0, world.shape[0], self.CHUNK_POINTS):
-            q = torch.from_numpy(world[start:start + self.CHUNK_POINTS]).to(device)
+        for start in range(0, count, self.CHUNK_POINTS):
+            q = torch.from_numpy(target.world_points_at(start, min(count, start + self.CHUNK_POINTS))).to(device)
             flat = (1,) * (self.ndim - 1) + (q.shape[0],)
             values = sample_at_points(image, grid, self.inverse_points(q), flat)
             out[:, :, start:start + q.shape[0]] = values.reshape(1, image.shape[1], -1)
