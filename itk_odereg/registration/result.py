@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Mapping, Optional
+from typing import Callable, Mapping, Optional
 
 import numpy as np
 import torch
@@ -136,24 +136,35 @@ class Registration:
         :meth:`field_mm` array when the caller already computed it. Returns
         ``[1, C, *fixed_grid.shape]`` in ``image``'s dtype, on the device of :attr:`displacement`.
         """
-        device = self.displacement.device
-        image = image.to(device)
-        d, count, channels = self.ndim, self.fixed_grid.numel, image.shape[1]
+        d = self.ndim
         u_mm = self.displacement_mm.reshape(-1, d) if field_mm is None else None
         total_mm = None if field_mm is None else np.asarray(field_mm).reshape(-1, d)
-        out = torch.empty((1, channels, count), dtype=image.dtype, device=device)
-        # In chunks of fixed voxels, as inverse_warp: the float64 point arrays of a whole image
-        # and their temporaries were the largest transient of the output stage (about 9 times
-        # the warped image's size).
+
+        def mapped(points: np.ndarray, start: int, stop: int) -> torch.Tensor:
+            points += self._field_at(points, u_mm[start:stop]) if total_mm is None else total_mm[start:stop]
+            return torch.from_numpy(points).to(self.displacement.device)
+
+        return self._resample_in_chunks(image, grid, self.fixed_grid, mapped)
+
+    def _resample_in_chunks(self, image: torch.Tensor, grid: ImageGrid, target: ImageGrid,
+                            mapped: Callable[[np.ndarray, int, int], torch.Tensor]) -> torch.Tensor:
+        """``image`` (on ``grid``) sampled at ``mapped(points, start, stop)`` for the voxels of ``target``.
+
+        ``mapped`` takes the world points (float64 numpy ``[k, d]``, its own to modify) of the
+        target voxels with flat indices ``start:stop`` and returns where to sample them (a float64
+        tensor ``[k, d]``, LPS mm). In chunks of :attr:`CHUNK_POINTS` voxels: the float64 point
+        arrays of a whole image and their temporaries were the largest transient of the output
+        stage (about 9 times the warped image's size). Returns ``[1, C, *target.shape]``.
+        """
+        image = image.to(self.displacement.device)
+        count, channels = target.numel, image.shape[1]
+        out = torch.empty((1, channels, count), dtype=image.dtype, device=image.device)
         for start in range(0, count, self.CHUNK_POINTS):
             stop = min(count, start + self.CHUNK_POINTS)
-            points = self.fixed_grid.world_points_at(start, stop)
-            total = self._field_at(points, u_mm[start:stop]) if total_mm is None else total_mm[start:stop]
-            points += total
-            flat = (1,) * (d - 1) + (stop - start,)
-            out[:, :, start:stop] = sample_at_points(image, grid, torch.from_numpy(points).to(device),
-                                                     flat).reshape(1, channels, -1)
-        return out.view(1, channels, *self.fixed_grid.shape)
+            flat = (1,) * (self.ndim - 1) + (stop - start,)
+            points = mapped(target.world_points_at(start, stop), start, stop)
+            out[:, :, start:stop] = sample_at_points(image, grid, points, flat).reshape(1, channels, -1)
+        return out.view(1, channels, *target.shape)
 
     def inverse_points(self, points: torch.Tensor) -> torch.Tensor:
         """``T^-1(q)`` for moving-space points ``q`` ``[P, d]`` (float64, LPS mm): fixed-space points ``[P, d]``."""
@@ -182,14 +193,5 @@ class Registration:
         grid = self.fixed_grid if grid is None else grid
         target = self.moving_grid if target is None else target
         device = self.displacement.device
-        image = image.to(device)
-        count = target.numel
-        out = torch.empty((1, image.shape[1], count), dtype=image.dtype, device=device)
-        # In chunks of target voxels: the float64 point arrays of a whole image would otherwise
-        # raise the peak memory of the output stage by several times the image's size.
-        for start in range(0, count, self.CHUNK_POINTS):
-            q = torch.from_numpy(target.world_points_at(start, min(count, start + self.CHUNK_POINTS))).to(device)
-            flat = (1,) * (self.ndim - 1) + (q.shape[0],)
-            values = sample_at_points(image, grid, self.inverse_points(q), flat)
-            out[:, :, start:start + q.shape[0]] = values.reshape(1, image.shape[1], -1)
-        return out.view(1, image.shape[1], *target.shape)
+        return self._resample_in_chunks(image, grid, target,
+                                        lambda points, start, stop: self.inverse_points(torch.from_numpy(points).to(device)))
