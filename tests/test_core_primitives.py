@@ -14,7 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from itk_odereg.core.differences import central_differences, image_gradient, normalized_gradient
+from itk_odereg.core.differences import (central_differences, image_gradient, normalized_gradient,
+                                         one_sided_differences_adjoint)
 from itk_odereg.core.moments import weighted_centroid
 from itk_odereg.core.separable import _gaussian_matrix64, gaussian_kernel
 
@@ -120,6 +121,30 @@ def test_one_sided_equals_the_ngf_loss_gradient(dtype, shape, spacing):
     sum(w * a for w, a in zip(weights, new)).sum().backward()
     sum(w * b for w, b in zip(weights, old)).sum().backward()
     assert torch.equal(x.grad, y.grad)
+    # Without autograd the differences are written into preallocated outputs: the same bits.
+    with torch.no_grad():
+        fast = central_differences(x, sp, "one_sided")
+    for a, b in zip(fast, old):
+        assert not a.requires_grad and torch.equal(a, b.detach())
+    # The hand-written adjoint (the NGF loss's backward) is the transpose autograd computes.
+    adjoint = one_sided_differences_adjoint(weights, sp)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(adjoint, y.grad, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 2, 3, 4), (1, 1, 1, 5, 3), (2, 1, 4, 2)])
+def test_one_sided_adjoint_is_the_transpose(shape):
+    """<G, D x> = <D^T G, x> for every x and G, faces and axes of one or two samples included."""
+    nd = len(shape) - 2
+    sp = [1.5, 0.7, 2.25][:nd]
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(shape, generator=g, dtype=torch.float64)
+    weights = [torch.randn(shape, generator=g, dtype=torch.float64) for _ in range(nd)]
+    before = [w.clone() for w in weights]
+    lhs = sum((w * d).sum() for w, d in zip(weights, central_differences(x, sp, "one_sided")))
+    rhs = (one_sided_differences_adjoint(weights, sp) * x).sum()
+    assert abs(float(lhs - rhs)) < 1e-12 * max(1.0, abs(float(lhs)))
+    assert all(torch.equal(a, b) for a, b in zip(weights, before))   # inputs untouched
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -280,6 +305,9 @@ def test_the_primitives_script_and_match_eager():
     assert torch.equal(torch.jit.script(gaussian_kernel)(1.5, 3, torch.float32, True, None), gaussian_kernel(1.5, 3))
     with pytest.raises(torch.jit.Error, match="invalid boundary"):
         torch.jit.script(central_differences)(x, None, "edge")
+    weights = central_differences(x, [1.0, 2.0, 0.5], "one_sided")
+    assert torch.equal(torch.jit.script(one_sided_differences_adjoint)(weights, [1.0, 2.0, 0.5]),
+                       one_sided_differences_adjoint(weights, [1.0, 2.0, 0.5]))
 
 
 @_SCRIPT_DEPRECATED
