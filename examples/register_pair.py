@@ -1,7 +1,7 @@
 """Register two images with itk-odereg and write the results as ANTs does.
 
 Run with:
-    python examples/register_pair.py FIXED MOVING OUTPUT_PREFIX [--iterations 150 100 50] [--qc]
+    python examples/register_pair.py FIXED MOVING OUTPUT_PREFIX [--iterations 120 60 50] [--qc]
 
 for example ``python examples/register_pair.py t1_a.nii.gz t1_b.nii.gz out/pair_``
 writes ``out/pair_Warped.nii.gz``, ``out/pair_0GenericAffine.mat``,

@@ -158,7 +158,7 @@ def _add_register_command(sub: Any, common: argparse.ArgumentParser) -> None:
                      help="pre-alignment (default affine: centres of mass, rigid, affine)")
     reg.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="torch device (default cpu)")
     reg.add_argument("--iterations", type=int, nargs="+", metavar="N",
-                     help="NODEO iterations per pyramid level, coarse to fine, 1 to 3 values (default 150 100 50)")
+                     help="NODEO iterations per pyramid level, coarse to fine, 1 to 3 values (default 120 60 50)")
     reg.add_argument("--steps", type=int, default=4,
                      help="Euler steps on t in [0, 1] while NODEO optimizes its finest level (default 4; "
                           "the coarser levels take min(3, N); the written map integrates the optimized flow "

@@ -65,7 +65,7 @@ def register(
         affine: ``"affine"`` (centres of mass, rigid, then affine; default), ``"rigid"``, or
             None to skip the pre-alignment (the images must already overlap).
         device: ``"cpu"`` or ``"cuda"``.
-        iterations: NODEO iterations per pyramid level (coarse to fine); default (150, 100, 50).
+        iterations: NODEO iterations per pyramid level (coarse to fine); default (120, 60, 50).
         steps: Euler steps on [0, 1] while NODEO optimizes its finest level (the coarser levels
             take at most ``NODEOSettings.coarse_steps``, 3; the returned map integrates the
             optimized flow with at least 4, ``NODEOSettings.output_steps``).

@@ -47,7 +47,7 @@ class NODEOSettings:
     metric: str = "lncc"
     metric_options: dict = field(default_factory=dict)
     levels: tuple[float, ...] = (4.0, 2.0, 1.0)          # pyramid factors, coarse to fine
-    iterations: tuple[int, ...] = (150, 100, 50)         # Adam iterations per level
+    iterations: tuple[int, ...] = (120, 60, 50)          # Adam iterations per level (benchmarks/README.md)
     steps: int = 4                                        # Euler steps on [0, 1] while optimizing the finest level
     coarse_steps: Optional[int] = 3                        # ... and every coarser level: min(coarse_steps, steps); None: steps
     output_steps: int = 4                                  # steps of the returned map: max(steps, output_steps)
