@@ -451,3 +451,34 @@ def test_same_seed_gives_bit_identical_outputs_on_cpu():
     assert np.array_equal(first.deformable_field_mm, second.deformable_field_mm)
     assert np.array_equal(first.inverse_field_mm, second.inverse_field_mm)
     assert np.array_equal(first.affine_matrix, second.affine_matrix)
+
+
+def test_affine_mutual_information_samples_a_quarter_of_the_voxels_reproducibly(monkeypatch):
+    """The affine stage's MI draws AffineSettings.mi_samples of the voxels (0.25 by default) from
+    its seeded generator: the same seed gives the same affine, and None compares every voxel."""
+    import itk_odereg.losses.mutual_information as mi
+    from itk_odereg.registration.affine import AffineSettings, affine_register
+
+    drawn = []
+    original = mi._sample_voxels
+
+    def recording(fixed, moving, mask, index, samples, generator, op):
+        drawn.append(samples)
+        return original(fixed, moving, mask, index, samples, generator, op)
+
+    monkeypatch.setattr(mi, "_sample_voxels", recording)
+    g = torch.Generator().manual_seed(4)
+    fixed = torch.nn.functional.avg_pool3d(torch.rand(1, 1, 24, 24, 24, generator=g), 3, 1, 1)
+    moving = torch.roll(fixed, 1, 2) ** 2  # another contrast, shifted by a voxel
+    index_to_world = np.diag([2.0, 2.0, 2.0, 1.0])
+    settings = AffineSettings(metric="mi", level_spacings_mm=(4.0,), rigid_iterations=(8,), affine_iterations=(4,),
+                              search_degrees=0)
+    first = affine_register(fixed, index_to_world, moving, index_to_world, settings)
+    assert drawn and set(drawn) == {0.25}
+    again = affine_register(fixed, index_to_world, moving, index_to_world, settings)
+    assert np.array_equal(first.matrix, again.matrix) and np.array_equal(first.translation, again.translation)
+    drawn.clear()
+    affine_register(fixed, index_to_world, moving, index_to_world, AffineSettings(
+        metric="mi", mi_samples=None, level_spacings_mm=(4.0,), rigid_iterations=(8,), affine_iterations=(4,),
+        search_degrees=0))
+    assert drawn and set(drawn) == {None}
