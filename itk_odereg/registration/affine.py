@@ -214,7 +214,7 @@ def affine_register(
         options = dict(settings.metric_options)
         if settings.metric == "mi" and "samples" not in options:
             # A random quarter of the voxels per iteration, as ANTs' affine stages sample MI
-            # ("Random, 0.25"): a quarter of the time, drawn from the stage's seeded generator.
+            # ("Random, 0.25") at about a quarter of the cost, drawn from the stage's seeded generator.
             options["samples"] = settings.mi_samples
         metric = make_metric(settings.metric or "lncc", **options)
 
