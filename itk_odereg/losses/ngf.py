@@ -190,13 +190,13 @@ class _NGF(torch.autograd.Function):
         minus_c = grad_out / ctx.total
         if w is not None:
             minus_c = minus_c * w
+        dims = tuple(range(2, dot.dim()))
         grads = []
         for need, own, other in ((need_f, ctx.fixed_terms, ctx.moving_terms),
                                  (need_m, ctx.moving_terms, ctx.fixed_terms)):
             if not need:
                 grads.append(None)
                 continue
-            dims = tuple(range(2, dot.dim()))
             # a = dL/dD_own = -c r dot / D_own; and dL/d|grad own|^2 = a + s chain w.
             a = (r * dot).div_(own.denominator).mul_(minus_c)
             s = a.sum(dims, keepdim=True).mul_(own.chain)
