@@ -7,10 +7,13 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "../common/checks.h"
 #include "../common/warp_voxel.h"
+#include "warp_rows_avx2.h"
 
 namespace itk_odereg {
 namespace ops {
@@ -19,6 +22,26 @@ namespace {
 
 // Voxels per task: large enough to amortize scheduling, small enough to balance.
 constexpr int64_t kGrain = 4096;
+
+// Moves the walk (t, voxel p of batch element n, its index) on by `count` voxels of one
+// row (count <= the voxels left in the row).
+template <int NDIM>
+void advance(const SpatialGeometry<NDIM>& g, int64_t count, int64_t& t, int64_t& p, int64_t& n, int64_t index[NDIM]) {
+  t += count;
+  index[NDIM - 1] += count - 1;
+  next_index<NDIM>(g, index);
+  p += count;
+  if (p == g.numel) {
+    p = 0;
+    ++n;
+  }
+}
+
+// The AVX2 row kernels (warp_rows_avx2.h) serve 3D float warps on CPUs that have AVX2.
+template <int NDIM, typename scalar_t>
+bool use_avx2_rows(const WarpGrids<NDIM, scalar_t>& w) {
+  return NDIM == 3 && std::is_same_v<scalar_t, float> && avx2_rows_enabled(w.image.numel);
+}
 
 // Output: the image's batch and channels on the displacement's grid.
 at::Tensor output_like(const at::Tensor& image, const at::Tensor& disp) {
@@ -40,18 +63,27 @@ at::Tensor warp_forward_impl(const at::Tensor& image_in, const at::Tensor& disp_
     const scalar_t* u = disp.data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
     const int64_t numel = w.out.numel;
+    const bool rows = use_avx2_rows<NDIM, scalar_t>(w);
     at::parallel_for(0, batch * numel, kGrain, [&](int64_t begin, int64_t end) {
       int64_t n = begin / numel, p = begin % numel;
       int64_t index[NDIM];
       w.out.unravel(p, index);
-      for (int64_t t = begin; t < end; ++t) {
+      for (int64_t t = begin; t < end;) {
+#if ODEREG_HAVE_AVX2_ROWS
+        if constexpr (NDIM == 3 && std::is_same_v<scalar_t, float>) {
+          if (rows) {
+            // The rest of this row (within the chunk) in one call.
+            const int64_t count = std::min(end - t, w.out.size[2] - index[2]);
+            avx2_rows::forward_row(img + n * channels * w.image.numel, u + n * NDIM * numel, o + n * channels * numel,
+                                   w, channels, p, index[0], index[1], index[2], count, padding);
+            advance(w.out, count, t, p, n, index);
+            continue;
+          }
+        }
+#endif
         warp_forward_point<NDIM, scalar_t>(img + n * channels * w.image.numel, u + n * NDIM * numel,
                                            o + n * channels * numel, w, channels, p, index, padding);
-        next_index<NDIM>(w.out, index);
-        if (++p == numel) {
-          p = 0;
-          ++n;
-        }
+        advance(w.out, 1, t, p, n, index);
       }
     });
   });
@@ -93,6 +125,8 @@ std::tuple<at::Tensor, at::Tensor> warp_backward_impl(const at::Tensor& grad_in,
     scalar_t* gi = need_image ? grad_image.data_ptr<scalar_t>() : nullptr;
     scalar_t* gp = private_grads.defined() ? private_grads.data_ptr<scalar_t>() : nullptr;
     scalar_t* gu = need_disp ? grad_disp.data_ptr<scalar_t>() : nullptr;
+    // The row kernels only for the displacement's gradient alone (warp_rows_avx2.h).
+    const bool rows = use_avx2_rows<NDIM, scalar_t>(w) && need_disp && !need_image;
     auto body = [&](int64_t begin, int64_t end) {
       const int64_t tid = threads > 1 ? at::get_thread_num() : 0;
       TORCH_INTERNAL_ASSERT(tid < threads, "itk_odereg::_warp_backward: unexpected thread id");
@@ -100,19 +134,27 @@ std::tuple<at::Tensor, at::Tensor> warp_backward_impl(const at::Tensor& grad_in,
       int64_t n = begin / numel, p = begin % numel;
       int64_t index[NDIM];
       w.out.unravel(p, index);
-      for (int64_t t = begin; t < end; ++t) {
+      for (int64_t t = begin; t < end;) {
         scalar_t* target_n = need_image ? target + n * channels * w.image.numel : nullptr;
+#if ODEREG_HAVE_AVX2_ROWS
+        if constexpr (NDIM == 3 && std::is_same_v<scalar_t, float>) {
+          if (rows) {
+            const int64_t count = std::min(end - t, w.out.size[2] - index[2]);
+            avx2_rows::backward_disp_row(go + n * channels * numel, img + n * channels * w.image.numel,
+                                         u + n * NDIM * numel, gu + n * NDIM * numel, w, channels, p, index[0],
+                                         index[1], index[2], count, padding);
+            advance(w.out, count, t, p, n, index);
+            continue;
+          }
+        }
+#endif
         auto scatter = [&](int64_t offset, int64_t ch, scalar_t value) {
           target_n[ch * w.image.numel + offset] += value;
         };
         warp_backward_point<NDIM, scalar_t>(go + n * channels * numel, img + n * channels * w.image.numel,
                                             u + n * NDIM * numel, need_disp ? gu + n * NDIM * numel : nullptr,
                                             w, channels, p, index, padding, need_image, need_disp, scatter);
-        next_index<NDIM>(w.out, index);
-        if (++p == numel) {
-          p = 0;
-          ++n;
-        }
+        advance(w.out, 1, t, p, n, index);
       }
     };
     if (threads > 1) {
