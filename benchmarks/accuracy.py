@@ -40,7 +40,9 @@ What it measures (docs/methods.md, section 4):
   - ``nodeo``: ``itk_odereg.register(fixed, moving, affine=None, metric="lncc"``
     (mono) or ``"ngf"`` (multi, the metric recommended for different contrasts), ``resolution_mm=None)`` with the default
     ``NODEOSettings``; ``--nodeo-variant NAME=JSON`` adds ``nodeo:NAME`` with
-    ``NODEOSettings(metric=..., **JSON)``.
+    ``NODEOSettings(metric=..., **JSON)``. A key ``"env"`` in the JSON holds environment
+    variables for that run's process instead (``'scalar={"env": {"ITK_ODEREG_SCALAR_KERNELS":
+    "1"}}'`` times the scalar warp kernels side by side with the default ones).
   - ``greedy``: picsl_greedy ``Greedy3D``, ``-n 100x50x20``, ``-m NCC 2x2x2``
     (mono) or ``-m NMI`` (multi), default smoothing (1.732vox, 0.707vox).
   - ``ants``: antspyx ``registration(type_of_transform="SyNOnly",
@@ -283,8 +285,8 @@ def worker_nodeo(pair: Path, out: Path, task: str, threads: int, variant: dict) 
     fixed = sitk.ReadImage(str(pair / "fixed.nii"))
     moving = sitk.ReadImage(str(pair / "moving.nii"))
     metric = variant.get("metric", "lncc" if task == "mono" else "ngf")
-    settings = NODEOSettings(**dict({"metric": metric}, **{k: (tuple(v) if isinstance(v, list) else v)
-                                                         for k, v in variant.items()})) if variant else None
+    overrides = {k: (tuple(v) if isinstance(v, list) else v) for k, v in variant.items() if k != "env"}
+    settings = NODEOSettings(**dict({"metric": metric}, **overrides)) if overrides else None
     rss0 = _rss_mib()
     c0 = _cpu_seconds()
     t0 = time.perf_counter()
@@ -552,7 +554,8 @@ def launch(method: str, variant: dict, pair_dir: Path, task: str, threads: int, 
     t0 = time.perf_counter()
     with open(out / "worker.log", "w") as log:
         try:
-            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=thread_env(threads), timeout=timeout,
+            env = dict(thread_env(threads), **{str(k): str(v) for k, v in variant.get("env", {}).items()})
+            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=timeout,
                                   cwd=out)   # transformix writes deformationField.nii into the working folder
             rc = proc.returncode
         except subprocess.TimeoutExpired:
@@ -753,7 +756,8 @@ def parse_args(argv=None):
                         f"{','.join(ALL_METHODS)}; the end-to-end modes {','.join(EXTRA_METHODS)} only when listed)")
     p.add_argument("--contrast", default="mono,multi", help="comma list of mono, multi")
     p.add_argument("--nodeo-variant", action="append", default=[], metavar="NAME=JSON",
-                   help="extra NODEO run 'nodeo:NAME' with NODEOSettings(**JSON); repeatable")
+                   help="extra NODEO run 'nodeo:NAME' with NODEOSettings(**JSON) (a key \"env\": environment "
+                        "variables of that run's process); repeatable")
     p.add_argument("--json", default=None, help="write all results here")
     p.add_argument("--quick", action="store_true", help="1 pair, mono, 2 mm (smoke run)")
     p.add_argument("--profile", action="store_true", help="profile one 2 mm mono NODEO registration and exit")
