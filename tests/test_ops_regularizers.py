@@ -300,9 +300,11 @@ def test_regularizers_on_minimal_sizes(shape):
     torch.testing.assert_close(ops.jacobian_determinant(u), _reference.jacobian_determinant(u), atol=1e-12, rtol=0)
 
 
-@pytest.mark.parametrize("shape", [(70, 80), (16, 20, 24)])
+@pytest.mark.parametrize("shape", [(70, 80), (16, 20, 24), (61, 67), (13, 17, 19)])
 def test_regularizers_multithreaded_and_reproducible(shape):
-    """Fields larger than one parallel task (2048 voxels): parallel sums and gradients."""
+    """Fields larger than one parallel task (2048 voxels): parallel sums and gradients. The CPU
+    kernels walk a task's voxels by row segments (csrc/ops/cpu/fd_rows.h); the last two shapes
+    put a task boundary inside a row, so a row is split between two tasks."""
     ndim = len(shape)
     u = displacement(ndim, shape=shape, scale=0.5)
     spacing = SPACINGS[ndim][-1]

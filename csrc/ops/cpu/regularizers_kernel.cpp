@@ -5,12 +5,14 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 
+#include <algorithm>
 #include <vector>
 #include <torch/library.h>
 
 #include "../common/fd_stencils.h"
 #include "../common/regularizer_args.h"
 #include "fd_passes.h"
+#include "fd_rows.h"
 
 namespace itk_odereg {
 namespace ops {
@@ -28,8 +30,59 @@ auto dispatch_ndim(int64_t ndim, const F& f) {
   return ndim == 3 ? f(std::integral_constant<int, 3>{}) : f(std::integral_constant<int, 2>{});
 }
 
+// Determinants of the maps x + u(x) at a row segment's voxels, from their derivatives
+// d[(i * NDIM + j) * count + x] (fd_rows.h): jacobian_at's J and determinant() per voxel.
+template <int NDIM, typename scalar_t>
+ODEREG_SIMD_CLONES void row_determinants(const scalar_t* __restrict__ d, int64_t count, scalar_t* __restrict__ det) {
+  for (int64_t x = 0; x < count; ++x) {
+    scalar_t J[NDIM][NDIM];
+#pragma unroll
+    for (int i = 0; i < NDIM; ++i) {
+#pragma unroll
+      for (int j = 0; j < NDIM; ++j) J[i][j] = d[(i * NDIM + j) * count + x] + (i == j ? scalar_t(1) : scalar_t(0));
+    }
+    det[x] = determinant(J);
+  }
+}
+
+// diffusion_density per voxel of a row segment, from its derivatives (as row_determinants).
+template <int NDIM, typename scalar_t>
+ODEREG_SIMD_CLONES void row_diffusion_densities(const scalar_t* __restrict__ d, int64_t count,
+                                                const scalar_t scale[NDIM][NDIM], scalar_t* __restrict__ out) {
+  for (int64_t x = 0; x < count; ++x) {
+    scalar_t acc = scalar_t(0);
+#pragma unroll
+    for (int i = 0; i < NDIM; ++i) {
+#pragma unroll
+      for (int j = 0; j < NDIM; ++j) {
+        const scalar_t v = d[(i * NDIM + j) * count + x];
+        acc += scale[i][j] * v * v;
+      }
+    }
+    out[x] = acc;
+  }
+}
+
+// Visits the voxels [begin, end) of a batch of fields by row segments: f(un, q, x0, count, d),
+// with d the segment's first derivatives (fd_rows.h) and un its batch element.
+template <int NDIM, typename scalar_t, typename F>
+void for_row_segments(const scalar_t* up, const SpatialGeometry<NDIM>& g, int64_t begin, int64_t end, const F& f) {
+  const int64_t n = g.size[NDIM - 1];
+  std::vector<scalar_t> derivatives(NDIM * NDIM * n);
+  int64_t q[NDIM];
+  for (int64_t t = begin; t < end;) {
+    g.unravel(t % g.numel, q);
+    const int64_t x0 = q[NDIM - 1], count = std::min(end - t, n - x0);
+    const scalar_t* un = up + (t / g.numel) * NDIM * g.numel;
+    row_first_derivatives<NDIM, scalar_t>(un, g, q, x0, count, derivatives.data());
+    f(t, count, derivatives.data());
+    t += count;
+  }
+}
+
 // Mean over batch and voxels of a per-voxel density. Partial sums are taken in
-// double per task and combined in task order, so results are reproducible.
+// double per task and combined in task order, so results are reproducible; within
+// a task the densities are added in voxel order, as the per-voxel formulas would be.
 template <Energy E>
 at::Tensor energy_cpu(const at::Tensor& u_in, const OptionalSpacing& spacing, double threshold, const char* op) {
   const int64_t ndim = check_regularizer_input(u_in, op, 2);
@@ -46,20 +99,19 @@ at::Tensor energy_cpu(const at::Tensor& u_in, const OptionalSpacing& spacing, do
       const double total = at::parallel_reduce(
           0, batch * g.numel, kGrain, 0.0,
           [&](int64_t begin, int64_t end, double acc) {
-            int64_t q[NDIM];
-            for (int64_t t = begin; t < end; ++t) {
-              const int64_t n = t / g.numel;
-              g.unravel(t % g.numel, q);
-              const scalar_t* un = up + n * NDIM * g.numel;
+            std::vector<scalar_t> density(g.size[NDIM - 1]);
+            for_row_segments<NDIM, scalar_t>(up, g, begin, end, [&](int64_t, int64_t count, const scalar_t* d) {
               if constexpr (E == Energy::Diffusion) {
-                acc += diffusion_density<NDIM, scalar_t>(un, g, q, sc.first);
+                row_diffusion_densities<NDIM, scalar_t>(d, count, sc.first, density.data());
+                for (int64_t x = 0; x < count; ++x) acc += density[x];
               } else {
-                scalar_t J[NDIM][NDIM];
-                jacobian_at<NDIM, scalar_t>(un, g, q, J);
-                const scalar_t r = tau - determinant(J);
-                if (r > 0) acc += r * r;
+                row_determinants<NDIM, scalar_t>(d, count, density.data());
+                for (int64_t x = 0; x < count; ++x) {
+                  const scalar_t r = tau - density[x];
+                  if (r > 0) acc += r * r;
+                }
               }
-            }
+            });
             return acc;
           },
           std::plus<double>());
@@ -282,15 +334,15 @@ at::Tensor jacobian_penalty_backward_impl(const at::Tensor& grad_output, const a
         const int64_t active = at::parallel_reduce(
             0, g.numel, kGrain, int64_t(0),
             [&](int64_t begin, int64_t end, int64_t count) {
-              int64_t q[NDIM];
-              g.unravel(begin, q);
-              for (int64_t p = begin; p < end; ++p, next_index<NDIM>(g, q)) {
-                scalar_t J[NDIM][NDIM];
-                jacobian_at<NDIM, scalar_t>(un, g, q, J);
-                const scalar_t r = tau - determinant(J);
-                w[p] = r > scalar_t(0) ? scale * scalar_t(-2) * r : scalar_t(0);
-                count += w[p] != scalar_t(0);
-              }
+              std::vector<scalar_t> det(g.size[NDIM - 1]);
+              for_row_segments<NDIM, scalar_t>(un, g, begin, end, [&](int64_t p0, int64_t length, const scalar_t* d) {
+                row_determinants<NDIM, scalar_t>(d, length, det.data());
+                for (int64_t x = 0; x < length; ++x) {
+                  const scalar_t r = tau - det[x];
+                  w[p0 + x] = r > scalar_t(0) ? scale * scalar_t(-2) * r : scalar_t(0);
+                  count += w[p0 + x] != scalar_t(0);
+                }
+              });
               return count;
             },
             std::plus<int64_t>());
