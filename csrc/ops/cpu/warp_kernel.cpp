@@ -125,8 +125,11 @@ std::tuple<at::Tensor, at::Tensor> warp_backward_impl(const at::Tensor& grad_in,
     scalar_t* gi = need_image ? grad_image.data_ptr<scalar_t>() : nullptr;
     scalar_t* gp = private_grads.defined() ? private_grads.data_ptr<scalar_t>() : nullptr;
     scalar_t* gu = need_disp ? grad_disp.data_ptr<scalar_t>() : nullptr;
-    // The row kernels only for the displacement's gradient alone (warp_rows_avx2.h).
+    // The row kernels for the displacement's gradient, alone or with the image's of a few
+    // channels (warp_rows_avx2.h).
     const bool rows = use_avx2_rows<NDIM, scalar_t>(w) && need_disp && !need_image;
+    const bool rows_both = use_avx2_rows<NDIM, scalar_t>(w) && need_disp && need_image &&
+                           channels <= kRowsMaxChannels;
     auto body = [&](int64_t begin, int64_t end) {
       const int64_t tid = threads > 1 ? at::get_thread_num() : 0;
       TORCH_INTERNAL_ASSERT(tid < threads, "itk_odereg::_warp_backward: unexpected thread id");
@@ -143,6 +146,14 @@ std::tuple<at::Tensor, at::Tensor> warp_backward_impl(const at::Tensor& grad_in,
             avx2_rows::backward_disp_row(go + n * channels * numel, img + n * channels * w.image.numel,
                                          u + n * NDIM * numel, gu + n * NDIM * numel, w, channels, p, index[0],
                                          index[1], index[2], count, padding);
+            advance(w.out, count, t, p, n, index);
+            continue;
+          }
+          if (rows_both) {
+            const int64_t count = std::min(end - t, w.out.size[2] - index[2]);
+            avx2_rows::backward_both_row(go + n * channels * numel, img + n * channels * w.image.numel,
+                                         u + n * NDIM * numel, gu + n * NDIM * numel, target_n, w, channels, p,
+                                         index[0], index[1], index[2], count, padding);
             advance(w.out, count, t, p, n, index);
             continue;
           }

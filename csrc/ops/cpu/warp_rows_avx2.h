@@ -32,6 +32,9 @@
 namespace itk_odereg {
 namespace ops {
 
+// Channels of an image whose gradient the row kernels accumulate in registers (backward_both_row).
+constexpr int64_t kRowsMaxChannels = 4;
+
 // Whether the AVX2 row kernels may run for an image of `image_numel` voxels per channel:
 // the CPU has AVX2, the environment does not ask for the scalar kernels, and offsets into
 // one channel fit 32-bit gather indices.
@@ -205,6 +208,143 @@ __attribute__((target("avx2"))) inline void backward_disp_row(const float* grad_
     const int64_t index[3] = {iz, iy, ix + k};
     warp_backward_point<3, float>(grad_out_n, image_n, disp_n, grad_disp_n, w, channels, p + k, index, padding, false,
                                   true, no_scatter);
+  }
+}
+
+// Lanes of `a` as an int array (the cells' base offsets, for the scalar part of a scatter).
+__attribute__((target("avx2"))) inline void store_lanes(__m256i a, int32_t out[8]) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), a);
+}
+
+// rows[j] = lane j of the eight vectors cols[0..7]: an 8x8 transpose.
+__attribute__((target("avx2"))) inline void transpose8(const __m256 cols[8], __m256 rows[8]) {
+  const __m256 t0 = _mm256_unpacklo_ps(cols[0], cols[1]), t1 = _mm256_unpackhi_ps(cols[0], cols[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(cols[2], cols[3]), t3 = _mm256_unpackhi_ps(cols[2], cols[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(cols[4], cols[5]), t5 = _mm256_unpackhi_ps(cols[4], cols[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(cols[6], cols[7]), t7 = _mm256_unpackhi_ps(cols[6], cols[7]);
+  const __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  const __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  const __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  const __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  rows[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
+  rows[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
+  rows[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
+  rows[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
+  rows[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
+  rows[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
+  rows[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
+  rows[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+}
+
+// The image gradient's scatter of one cell, kept in registers while consecutive voxels of a
+// row fall in that cell: one vector per channel, lane k the cell's corner k in warp_cell.h's
+// order (x fastest, then y, then z), so corners k and k + 1 are neighbours in memory.
+struct PendingCell {
+  static constexpr int64_t kMaxChannels = kRowsMaxChannels;
+  int64_t base = -1;
+  __m256 sum[kMaxChannels];
+};
+
+__attribute__((target("avx2"))) inline void add_pair(float* target, __m128 pair) {
+  const __m128 old = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(target)));
+  _mm_store_sd(reinterpret_cast<double*>(target), _mm_castps_pd(_mm_add_ps(old, pair)));
+}
+
+__attribute__((target("avx2"))) inline void flush(PendingCell& cell, float* target_n, int64_t image_numel,
+                                                  int64_t channels, int64_t sy, int64_t sz) {
+  if (cell.base < 0) return;
+  for (int64_t ch = 0; ch < channels; ++ch) {
+    float* t = target_n + ch * image_numel + cell.base;
+    const __m128 low = _mm256_castps256_ps128(cell.sum[ch]), high = _mm256_extractf128_ps(cell.sum[ch], 1);
+    add_pair(t, low);
+    add_pair(t + sy, _mm_movehl_ps(low, low));
+    add_pair(t + sz, high);
+    add_pair(t + sz + sy, _mm_movehl_ps(high, high));
+  }
+  cell.base = -1;
+}
+
+// warp_backward_point for `count` voxels of one row when both gradients are needed (sample_at
+// of the velocity's control field, a small image many voxels sample). The displacement's
+// gradient is backward_disp_row's, bit for bit. The image gradient is a scatter: a voxel adds
+// g * w_k to its cell's eight corners k. A run of voxels of the row in the same cell (about two
+// on the flow grid, which is twice as fine as the control grid) is summed in registers and added
+// to `target_n` once, where the scalar kernel adds every voxel's terms in turn, so these bits
+// differ from the scalar kernel's by rounding; they are the same from run to run. `channels`
+// is at most PendingCell::kMaxChannels.
+__attribute__((target("avx2"))) inline void backward_both_row(const float* grad_out_n, const float* image_n,
+                                                              const float* disp_n, float* grad_disp_n,
+                                                              float* target_n, const WarpGrids<3, float>& w,
+                                                              int64_t channels, int64_t p, int64_t iz, int64_t iy,
+                                                              int64_t ix, int64_t count, Padding padding) {
+  const int64_t sy = w.image.stride[1], sz = w.image.stride[0];
+  const int64_t numel = w.out.numel, image_numel = w.image.numel;
+  const __m256 one = _mm256_set1_ps(1.f);
+  auto scatter = [&](int64_t offset, int64_t ch, float value) { target_n[ch * image_numel + offset] += value; };
+  PendingCell pending;
+  int64_t k = 0;
+  for (; k + 8 <= count; k += 8) {
+    Cells cells;
+    const int interior = locate(disp_n, w, p + k, iz, iy, ix + k, padding, cells);
+    if (interior != 0) {
+      float go_lanes[PendingCell::kMaxChannels][8];
+      __m256 g_z = _mm256_setzero_ps(), g_y = _mm256_setzero_ps(), g_x = _mm256_setzero_ps();
+      for (int64_t ch = 0; ch < channels; ++ch) {
+        const __m256 go = _mm256_loadu_ps(grad_out_n + ch * numel + p + k);
+        _mm256_storeu_ps(go_lanes[ch], go);
+        const Corners v = gather(image_n + ch * w.image.numel, cells, sy, sz);
+        const __m256 e00 = _mm256_sub_ps(v.v001, v.v000), e01 = _mm256_sub_ps(v.v011, v.v010);
+        const __m256 e10 = _mm256_sub_ps(v.v101, v.v100), e11 = _mm256_sub_ps(v.v111, v.v110);
+        const __m256 c00 = _mm256_add_ps(v.v000, _mm256_mul_ps(cells.fx, e00));
+        const __m256 c01 = _mm256_add_ps(v.v010, _mm256_mul_ps(cells.fx, e01));
+        const __m256 c10 = _mm256_add_ps(v.v100, _mm256_mul_ps(cells.fx, e10));
+        const __m256 c11 = _mm256_add_ps(v.v110, _mm256_mul_ps(cells.fx, e11));
+        g_x = _mm256_add_ps(g_x, _mm256_mul_ps(go, lerp8(lerp8(e00, e01, cells.fy), lerp8(e10, e11, cells.fy), cells.fz)));
+        g_y = _mm256_add_ps(g_y, _mm256_mul_ps(go, lerp8(_mm256_sub_ps(c01, c00), _mm256_sub_ps(c11, c10), cells.fz)));
+        g_z = _mm256_add_ps(g_z, _mm256_mul_ps(go, _mm256_sub_ps(lerp8(c10, c11, cells.fy), lerp8(c00, c01, cells.fy))));
+      }
+      _mm256_storeu_ps(grad_disp_n + p + k, _mm256_mul_ps(g_z, _mm256_set1_ps(w.scale[0])));
+      _mm256_storeu_ps(grad_disp_n + numel + p + k, _mm256_mul_ps(g_y, _mm256_set1_ps(w.scale[1])));
+      _mm256_storeu_ps(grad_disp_n + 2 * numel + p + k, _mm256_mul_ps(g_x, _mm256_set1_ps(w.scale[2])));
+      // Trilinear weights of the eight corners (vectors over the lanes), then one vector of
+      // corners per lane.
+      const __m256 wz0 = _mm256_sub_ps(one, cells.fz), wy0 = _mm256_sub_ps(one, cells.fy);
+      const __m256 wx0 = _mm256_sub_ps(one, cells.fx);
+      const __m256 w00 = _mm256_mul_ps(wz0, wy0), w01 = _mm256_mul_ps(wz0, cells.fy);
+      const __m256 w10 = _mm256_mul_ps(cells.fz, wy0), w11 = _mm256_mul_ps(cells.fz, cells.fy);
+      const __m256 corner_weights[8] = {_mm256_mul_ps(w00, wx0), _mm256_mul_ps(w00, cells.fx),
+                                        _mm256_mul_ps(w01, wx0), _mm256_mul_ps(w01, cells.fx),
+                                        _mm256_mul_ps(w10, wx0), _mm256_mul_ps(w10, cells.fx),
+                                        _mm256_mul_ps(w11, wx0), _mm256_mul_ps(w11, cells.fx)};
+      __m256 lane_weights[8];
+      transpose8(corner_weights, lane_weights);
+      int32_t bases[8];
+      store_lanes(cells.base, bases);
+      for (int j = 0; j < 8; ++j) {
+        if (!((interior >> j) & 1)) continue;
+        if (bases[j] != pending.base) {
+          flush(pending, target_n, image_numel, channels, sy, sz);
+          pending.base = bases[j];
+          for (int64_t ch = 0; ch < channels; ++ch) pending.sum[ch] = _mm256_setzero_ps();
+        }
+        for (int64_t ch = 0; ch < channels; ++ch) {
+          pending.sum[ch] = _mm256_add_ps(pending.sum[ch], _mm256_mul_ps(_mm256_set1_ps(go_lanes[ch][j]), lane_weights[j]));
+        }
+      }
+    }
+    // The other lanes: the scalar code, both gradients (its scatter goes straight to the target).
+    for (int64_t j = 0; j < 8; ++j) {
+      if ((interior >> j) & 1) continue;
+      const int64_t index[3] = {iz, iy, ix + k + j};
+      warp_backward_point<3, float>(grad_out_n, image_n, disp_n, grad_disp_n, w, channels, p + k + j, index, padding,
+                                    true, true, scatter);
+    }
+  }
+  flush(pending, target_n, image_numel, channels, sy, sz);
+  for (; k < count; ++k) {
+    const int64_t index[3] = {iz, iy, ix + k};
+    warp_backward_point<3, float>(grad_out_n, image_n, disp_n, grad_disp_n, w, channels, p + k, index, padding, true,
+                                  true, scatter);
   }
 }
 
