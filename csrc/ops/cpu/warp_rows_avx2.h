@@ -1,6 +1,7 @@
 // AVX2 paths of the 3D float warp / sample_at kernels: eight voxels of one row of the
-// displacement's grid at a time, for the forward and for the backward that needs only the
-// displacement's gradient (the image warp of a registration).
+// displacement's grid at a time, for the forward, for the backward that needs only the
+// displacement's gradient (the image warp of a registration), and for the backward that needs
+// both (sample_at of the velocity's control field).
 //
 // Why by hand: the scalar kernels spend most of their time on the per-voxel index and
 // weight arithmetic, not on the loads (about 15 ns per voxel and channel on one core
@@ -162,9 +163,7 @@ __attribute__((target("avx2"))) inline void forward_row(const float* __restrict_
 
 // warp_backward_point for `count` voxels of one row when only the displacement's gradient
 // is needed (the image warp of a registration: the moving image is data). With the image's
-// gradient too (sample_at of the velocity's control field) the scalar kernel is as fast:
-// the scatter dominates, and adding a voxel's corners as one vector, in the scalar order,
-// stalls on neighbouring cells' overlapping corners (measured in benchmarks/README.md).
+// gradient too, backward_both_row (below).
 __attribute__((target("avx2"))) inline void backward_disp_row(const float* grad_out_n, const float* image_n,
                                                               const float* disp_n, float* grad_disp_n,
                                                               const WarpGrids<3, float>& w, int64_t channels,
@@ -211,67 +210,52 @@ __attribute__((target("avx2"))) inline void backward_disp_row(const float* grad_
   }
 }
 
-// Lanes of `a` as an int array (the cells' base offsets, for the scalar part of a scatter).
-__attribute__((target("avx2"))) inline void store_lanes(__m256i a, int32_t out[8]) {
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), a);
-}
-
-// rows[j] = lane j of the eight vectors cols[0..7]: an 8x8 transpose.
-__attribute__((target("avx2"))) inline void transpose8(const __m256 cols[8], __m256 rows[8]) {
-  const __m256 t0 = _mm256_unpacklo_ps(cols[0], cols[1]), t1 = _mm256_unpackhi_ps(cols[0], cols[1]);
-  const __m256 t2 = _mm256_unpacklo_ps(cols[2], cols[3]), t3 = _mm256_unpackhi_ps(cols[2], cols[3]);
-  const __m256 t4 = _mm256_unpacklo_ps(cols[4], cols[5]), t5 = _mm256_unpackhi_ps(cols[4], cols[5]);
-  const __m256 t6 = _mm256_unpacklo_ps(cols[6], cols[7]), t7 = _mm256_unpackhi_ps(cols[6], cols[7]);
-  const __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-  const __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-  const __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
-  const __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-  rows[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
-  rows[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
-  rows[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
-  rows[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
-  rows[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
-  rows[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
-  rows[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
-  rows[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
-}
-
-// The image gradient's scatter of one cell, kept in registers while consecutive voxels of a
-// row fall in that cell: one vector per channel, lane k the cell's corner k in warp_cell.h's
-// order (x fastest, then y, then z), so corners k and k + 1 are neighbours in memory.
+// The image gradient's scatter into one cell, held in registers while consecutive voxels of
+// a row fall in that cell: one vector per channel, lane k the cell's corner k in warp_cell.h's
+// order (x fastest, then y, then z), so corners k and k + 1 are neighbours in memory. The
+// vectors start as the target's current values and every voxel's terms are added to them in
+// turn, as the scalar kernel adds them to memory: the same additions in the same order, so
+// the same bits, with one load and one store per corner per run instead of one per voxel.
 struct PendingCell {
   static constexpr int64_t kMaxChannels = kRowsMaxChannels;
   int64_t base = -1;
   __m256 sum[kMaxChannels];
 };
 
-__attribute__((target("avx2"))) inline void add_pair(float* target, __m128 pair) {
-  const __m128 old = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(target)));
-  _mm_store_sd(reinterpret_cast<double*>(target), _mm_castps_pd(_mm_add_ps(old, pair)));
+__attribute__((target("avx2"))) inline __m128 load_pairs(const float* a, const float* b) {
+  return _mm_loadh_pi(_mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(a))), reinterpret_cast<const __m64*>(b));
 }
 
-__attribute__((target("avx2"))) inline void flush(PendingCell& cell, float* target_n, int64_t image_numel,
-                                                  int64_t channels, int64_t sy, int64_t sz) {
+__attribute__((target("avx2"))) inline void open_cell(PendingCell& cell, int64_t base, const float* target_n,
+                                                      int64_t image_numel, int64_t channels, int64_t sy, int64_t sz) {
+  cell.base = base;
+  for (int64_t ch = 0; ch < channels; ++ch) {
+    const float* t = target_n + ch * image_numel + base;
+    cell.sum[ch] = _mm256_set_m128(load_pairs(t + sz, t + sz + sy), load_pairs(t, t + sy));
+  }
+}
+
+__attribute__((target("avx2"))) inline void close_cell(PendingCell& cell, float* target_n, int64_t image_numel,
+                                                       int64_t channels, int64_t sy, int64_t sz) {
   if (cell.base < 0) return;
   for (int64_t ch = 0; ch < channels; ++ch) {
     float* t = target_n + ch * image_numel + cell.base;
     const __m128 low = _mm256_castps256_ps128(cell.sum[ch]), high = _mm256_extractf128_ps(cell.sum[ch], 1);
-    add_pair(t, low);
-    add_pair(t + sy, _mm_movehl_ps(low, low));
-    add_pair(t + sz, high);
-    add_pair(t + sz + sy, _mm_movehl_ps(high, high));
+    _mm_storel_pi(reinterpret_cast<__m64*>(t), low);
+    _mm_storeh_pi(reinterpret_cast<__m64*>(t + sy), low);
+    _mm_storel_pi(reinterpret_cast<__m64*>(t + sz), high);
+    _mm_storeh_pi(reinterpret_cast<__m64*>(t + sz + sy), high);
   }
   cell.base = -1;
 }
 
 // warp_backward_point for `count` voxels of one row when both gradients are needed (sample_at
 // of the velocity's control field, a small image many voxels sample). The displacement's
-// gradient is backward_disp_row's, bit for bit. The image gradient is a scatter: a voxel adds
-// g * w_k to its cell's eight corners k. A run of voxels of the row in the same cell (about two
-// on the flow grid, which is twice as fine as the control grid) is summed in registers and added
-// to `target_n` once, where the scalar kernel adds every voxel's terms in turn, so these bits
-// differ from the scalar kernel's by rounding; they are the same from run to run. `channels`
-// is at most PendingCell::kMaxChannels.
+// gradient is backward_disp_row's. The image gradient is the scatter of interior_backward:
+// voxel by voxel, channel by channel, ((g w_z) w_y) w_x added to each corner, held in a
+// PendingCell while the voxels stay in one cell (about two on the flow grid, twice as fine as
+// the control grid). The scalar voxels of a block write memory directly, so the pending cell
+// is written back before them. `channels` is at most PendingCell::kMaxChannels.
 __attribute__((target("avx2"))) inline void backward_both_row(const float* grad_out_n, const float* image_n,
                                                               const float* disp_n, float* grad_disp_n,
                                                               float* target_n, const WarpGrids<3, float>& w,
@@ -286,8 +270,10 @@ __attribute__((target("avx2"))) inline void backward_both_row(const float* grad_
   for (; k + 8 <= count; k += 8) {
     Cells cells;
     const int interior = locate(disp_n, w, p + k, iz, iy, ix + k, padding, cells);
+    float go_lanes[PendingCell::kMaxChannels][8];
+    float fz[8], fy[8], fx[8], wz0[8], wy0[8], wx0[8];
+    int32_t bases[8];
     if (interior != 0) {
-      float go_lanes[PendingCell::kMaxChannels][8];
       __m256 g_z = _mm256_setzero_ps(), g_y = _mm256_setzero_ps(), g_x = _mm256_setzero_ps();
       for (int64_t ch = 0; ch < channels; ++ch) {
         const __m256 go = _mm256_loadu_ps(grad_out_n + ch * numel + p + k);
@@ -306,41 +292,41 @@ __attribute__((target("avx2"))) inline void backward_both_row(const float* grad_
       _mm256_storeu_ps(grad_disp_n + p + k, _mm256_mul_ps(g_z, _mm256_set1_ps(w.scale[0])));
       _mm256_storeu_ps(grad_disp_n + numel + p + k, _mm256_mul_ps(g_y, _mm256_set1_ps(w.scale[1])));
       _mm256_storeu_ps(grad_disp_n + 2 * numel + p + k, _mm256_mul_ps(g_x, _mm256_set1_ps(w.scale[2])));
-      // Trilinear weights of the eight corners (vectors over the lanes), then one vector of
-      // corners per lane.
-      const __m256 wz0 = _mm256_sub_ps(one, cells.fz), wy0 = _mm256_sub_ps(one, cells.fy);
-      const __m256 wx0 = _mm256_sub_ps(one, cells.fx);
-      const __m256 w00 = _mm256_mul_ps(wz0, wy0), w01 = _mm256_mul_ps(wz0, cells.fy);
-      const __m256 w10 = _mm256_mul_ps(cells.fz, wy0), w11 = _mm256_mul_ps(cells.fz, cells.fy);
-      const __m256 corner_weights[8] = {_mm256_mul_ps(w00, wx0), _mm256_mul_ps(w00, cells.fx),
-                                        _mm256_mul_ps(w01, wx0), _mm256_mul_ps(w01, cells.fx),
-                                        _mm256_mul_ps(w10, wx0), _mm256_mul_ps(w10, cells.fx),
-                                        _mm256_mul_ps(w11, wx0), _mm256_mul_ps(w11, cells.fx)};
-      __m256 lane_weights[8];
-      transpose8(corner_weights, lane_weights);
-      int32_t bases[8];
-      store_lanes(cells.base, bases);
-      for (int j = 0; j < 8; ++j) {
-        if (!((interior >> j) & 1)) continue;
-        if (bases[j] != pending.base) {
-          flush(pending, target_n, image_numel, channels, sy, sz);
-          pending.base = bases[j];
-          for (int64_t ch = 0; ch < channels; ++ch) pending.sum[ch] = _mm256_setzero_ps();
-        }
-        for (int64_t ch = 0; ch < channels; ++ch) {
-          pending.sum[ch] = _mm256_add_ps(pending.sum[ch], _mm256_mul_ps(_mm256_set1_ps(go_lanes[ch][j]), lane_weights[j]));
-        }
+      // Per lane: the weights of interior_backward as vectors over the corners (lane k of
+      // corner_z is the z weight of corner k, and so on).
+      _mm256_storeu_ps(fz, cells.fz);
+      _mm256_storeu_ps(fy, cells.fy);
+      _mm256_storeu_ps(fx, cells.fx);
+      _mm256_storeu_ps(wz0, _mm256_sub_ps(one, cells.fz));
+      _mm256_storeu_ps(wy0, _mm256_sub_ps(one, cells.fy));
+      _mm256_storeu_ps(wx0, _mm256_sub_ps(one, cells.fx));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(bases), cells.base);
+    }
+    // The voxels in order, as the scalar kernel adds them: a neighbour's cell shares corners.
+    for (int j = 0; j < 8; ++j) {
+      if (!((interior >> j) & 1)) {
+        // Not interior: the scalar code, both gradients, straight into memory.
+        close_cell(pending, target_n, image_numel, channels, sy, sz);
+        const int64_t index[3] = {iz, iy, ix + k + j};
+        warp_backward_point<3, float>(grad_out_n, image_n, disp_n, grad_disp_n, w, channels, p + k + j, index,
+                                      padding, true, true, scatter);
+        continue;
+      }
+      if (bases[j] != pending.base) {
+        close_cell(pending, target_n, image_numel, channels, sy, sz);
+        open_cell(pending, bases[j], target_n, image_numel, channels, sy, sz);
+      }
+      const __m256 corner_z = _mm256_blend_ps(_mm256_set1_ps(wz0[j]), _mm256_set1_ps(fz[j]), 0xF0);
+      const __m256 corner_y = _mm256_blend_ps(_mm256_set1_ps(wy0[j]), _mm256_set1_ps(fy[j]), 0xCC);
+      const __m256 corner_x = _mm256_blend_ps(_mm256_set1_ps(wx0[j]), _mm256_set1_ps(fx[j]), 0xAA);
+      for (int64_t ch = 0; ch < channels; ++ch) {
+        const __m256 value =
+            _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(go_lanes[ch][j]), corner_z), corner_y), corner_x);
+        pending.sum[ch] = _mm256_add_ps(pending.sum[ch], value);
       }
     }
-    // The other lanes: the scalar code, both gradients (its scatter goes straight to the target).
-    for (int64_t j = 0; j < 8; ++j) {
-      if ((interior >> j) & 1) continue;
-      const int64_t index[3] = {iz, iy, ix + k + j};
-      warp_backward_point<3, float>(grad_out_n, image_n, disp_n, grad_disp_n, w, channels, p + k + j, index, padding,
-                                    true, true, scatter);
-    }
   }
-  flush(pending, target_n, image_numel, channels, sy, sz);
+  close_cell(pending, target_n, image_numel, channels, sy, sz);
   for (; k < count; ++k) {
     const int64_t index[3] = {iz, iy, ix + k};
     warp_backward_point<3, float>(grad_out_n, image_n, disp_n, grad_disp_n, w, channels, p + k, index, padding, true,
