@@ -10,7 +10,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <utility>
 #include <vector>
 
 #include "../common/linear_resample.h"
@@ -52,6 +51,16 @@ ODEREG_SIMD_CLONES void axpy_row(scalar_t* __restrict__ d, const scalar_t* __res
   for (int64_t i = 0; i < n; ++i) d[i] += w * g[i];
 }
 
+// da and db must be different rows (a single-sample input axis has left == right: axpy_row).
+template <typename scalar_t>
+ODEREG_SIMD_CLONES void scatter_row(scalar_t* __restrict__ da, scalar_t* __restrict__ db,
+                                    const scalar_t* __restrict__ g, scalar_t w0, scalar_t w1, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    da[i] += w0 * g[i];
+    db[i] += w1 * g[i];
+  }
+}
+
 // One pass along `dim`: in_len -> out_len samples.
 at::Tensor resample_pass_cpu(const at::Tensor& src, int64_t dim, int64_t out_len) {
   const PassLayout layout = pass_layout(src, dim, out_len);
@@ -83,93 +92,48 @@ at::Tensor resample_pass_cpu(const at::Tensor& src, int64_t dim, int64_t out_len
   return dst;
 }
 
-// The adjoint's terms of every destination sample k: the source samples x that read k and
-// their weights, in the order a scatter over x would add them (ascending x; left before
-// right). `merge_equal`: a sample whose two taps coincide (a one-sample input axis) adds
-// once with w0 + w1, as axpy_row did; otherwise twice.
-template <typename scalar_t>
-struct AdjointTerms {
-  std::vector<int64_t> start;   // terms of k: [start[k], start[k + 1])
-  std::vector<int64_t> source;
-  std::vector<scalar_t> weight;
-};
-
-template <typename scalar_t>
-AdjointTerms<scalar_t> adjoint_terms(const TapTable<scalar_t>& t, int64_t in_len, int64_t out_len, bool merge_equal) {
-  std::vector<std::vector<std::pair<int64_t, scalar_t>>> per(in_len);
-  for (int64_t x = 0; x < out_len; ++x) {
-    if (merge_equal && t.left[x] == t.right[x]) {
-      per[t.left[x]].push_back({x, static_cast<scalar_t>(t.w0[x] + t.w1[x])});
-    } else {
-      per[t.left[x]].push_back({x, t.w0[x]});
-      per[t.right[x]].push_back({x, t.w1[x]});
-    }
-  }
-  AdjointTerms<scalar_t> terms;
-  terms.start.push_back(0);
-  for (const auto& list : per) {
-    for (const auto& [x, w] : list) {
-      terms.source.push_back(x);
-      terms.weight.push_back(w);
-    }
-    terms.start.push_back(static_cast<int64_t>(terms.source.size()));
-  }
-  return terms;
-}
-
-// d[i] = 0 + w g[i] (the first term of a destination row), or d[i] += w g[i].
-template <typename scalar_t>
-ODEREG_SIMD_CLONES void first_term_row(scalar_t* __restrict__ d, const scalar_t* __restrict__ g, scalar_t w, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) d[i] = scalar_t(0) + w * g[i];
-}
-
-// The adjoint pass: out_len (rows of src) -> in_len (rows of dst), as a gather: every
-// destination row sums the source rows that read it, in the order a scatter over the
-// source rows would add them into a zeroed row (adjoint_terms), so the same sums, bit for
-// bit, without zeroing the destination first or adding into it more than once per term.
-// Each task owns a block of columns of one destination row: no races, and the same sums
-// for any thread count.
+// The adjoint pass: out_len (rows of src) -> in_len (rows of dst). Each task owns
+// a block of columns of one [o, :, :] slab and adds every source row into its two
+// destination rows, in order: no races, and the same sums for any thread count.
 at::Tensor resample_adjoint_pass_cpu(const at::Tensor& src, int64_t dim, int64_t in_len) {
   const PassLayout layout = pass_layout(src, dim, in_len);
   const int64_t out_len = layout.in_len, outer = layout.outer, inner = layout.inner;
-  at::Tensor dst = at::empty(layout.out_sizes, src.options());
-  // Columns per task: long enough for the prefetcher; a destination block stays in L1/L2.
+  at::Tensor dst = at::zeros(layout.out_sizes, src.options());
+  // Columns per task: small enough to give both cores work when outer is N * C
+  // alone, long enough for the prefetcher; the destination block stays in L2.
   constexpr int64_t kBlock = 2048;
   const int64_t blocks = (inner + kBlock - 1) / kBlock;
   AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "itk_odereg::resample_adjoint_pass", [&] {
     const scalar_t* g = src.data_ptr<scalar_t>();
     scalar_t* d = dst.data_ptr<scalar_t>();
     const TapTable<scalar_t> t = tap_table<scalar_t>(in_len, out_len);
-    const AdjointTerms<scalar_t> terms = adjoint_terms<scalar_t>(t, in_len, out_len, inner != 1);
     if (inner == 1) {
       at::parallel_for(0, outer, std::max<int64_t>(1, 16384 / out_len), [&](int64_t begin, int64_t end) {
         for (int64_t ob = begin; ob < end; ++ob) {
           const scalar_t* line = g + ob * out_len;
-          scalar_t* out = d + ob * in_len;
-          for (int64_t k = 0; k < in_len; ++k) {
-            scalar_t acc = scalar_t(0);
-            for (int64_t j = terms.start[k]; j < terms.start[k + 1]; ++j) acc += terms.weight[j] * line[terms.source[j]];
-            out[k] = acc;
+          scalar_t* acc = d + ob * in_len;
+          for (int64_t x = 0; x < out_len; ++x) {
+            acc[t.left[x]] += t.w0[x] * line[x];
+            acc[t.right[x]] += t.w1[x] * line[x];
           }
         }
       });
       return;
     }
-    at::parallel_for(0, outer * in_len * blocks, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, outer * blocks, 1, [&](int64_t begin, int64_t end) {
       for (int64_t task = begin; task < end; ++task) {
-        const int64_t row = task / blocks;  // ob * in_len + k
-        const int64_t ob = row / in_len, k = row % in_len;
+        const int64_t ob = task / blocks;
         const int64_t i0 = (task % blocks) * kBlock;
         const int64_t n = std::min(kBlock, inner - i0);
         const scalar_t* gs = g + ob * out_len * inner + i0;
-        scalar_t* ds = d + row * inner + i0;
-        const int64_t first = terms.start[k], last = terms.start[k + 1];
-        if (first == last) {
-          std::fill(ds, ds + n, scalar_t(0));
-          continue;
+        scalar_t* ds = d + ob * in_len * inner + i0;
+        for (int64_t x = 0; x < out_len; ++x) {
+          if (t.left[x] == t.right[x]) {
+            axpy_row(ds + t.left[x] * inner, gs + x * inner, static_cast<scalar_t>(t.w0[x] + t.w1[x]), n);
+          } else {
+            scatter_row(ds + t.left[x] * inner, ds + t.right[x] * inner, gs + x * inner, t.w0[x], t.w1[x], n);
+          }
         }
-        first_term_row(ds, gs + terms.source[first] * inner, terms.weight[first], n);
-        for (int64_t j = first + 1; j < last; ++j) axpy_row(ds, gs + terms.source[j] * inner, terms.weight[j], n);
       }
     });
   });
