@@ -36,9 +36,7 @@ template <int NDIM, typename scalar_t>
 ODEREG_SIMD_CLONES void row_determinants(const scalar_t* __restrict__ d, int64_t count, scalar_t* __restrict__ det) {
   for (int64_t x = 0; x < count; ++x) {
     scalar_t J[NDIM][NDIM];
-#pragma unroll
     for (int i = 0; i < NDIM; ++i) {
-#pragma unroll
       for (int j = 0; j < NDIM; ++j) J[i][j] = d[(i * NDIM + j) * count + x] + (i == j ? scalar_t(1) : scalar_t(0));
     }
     det[x] = determinant(J);
@@ -51,9 +49,7 @@ ODEREG_SIMD_CLONES void row_diffusion_densities(const scalar_t* __restrict__ d, 
                                                 const scalar_t scale[NDIM][NDIM], scalar_t* __restrict__ out) {
   for (int64_t x = 0; x < count; ++x) {
     scalar_t acc = scalar_t(0);
-#pragma unroll
     for (int i = 0; i < NDIM; ++i) {
-#pragma unroll
       for (int j = 0; j < NDIM; ++j) {
         const scalar_t v = d[(i * NDIM + j) * count + x];
         acc += scale[i][j] * v * v;
@@ -63,8 +59,9 @@ ODEREG_SIMD_CLONES void row_diffusion_densities(const scalar_t* __restrict__ d, 
   }
 }
 
-// Visits the voxels [begin, end) of a batch of fields by row segments: f(un, q, x0, count, d),
-// with d the segment's first derivatives (fd_rows.h) and un its batch element.
+// Visits the voxels [begin, end) of a batch of fields by row segments: f(t, count, d), with t
+// the segment's first voxel (batch-flattened index), count its length and d its first
+// derivatives (fd_rows.h).
 template <int NDIM, typename scalar_t, typename F>
 void for_row_segments(const scalar_t* up, const SpatialGeometry<NDIM>& g, int64_t begin, int64_t end, const F& f) {
   const int64_t n = g.size[NDIM - 1];

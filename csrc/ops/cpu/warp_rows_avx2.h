@@ -161,6 +161,33 @@ __attribute__((target("avx2"))) inline void forward_row(const float* __restrict_
   }
 }
 
+// The displacement's gradient of the eight voxels pk .. pk + 7 of a row (interior_backward's
+// arithmetic lane-wise, over the channels), stored to grad_disp_n; the lanes whose cells are
+// not interior get values the callers overwrite with the scalar code's.
+__attribute__((target("avx2"))) inline void disp_gradient_block(const float* grad_out_n, const float* image_n,
+                                                                float* grad_disp_n, const WarpGrids<3, float>& w,
+                                                                int64_t channels, int64_t pk, const Cells& cells) {
+  const int64_t sy = w.image.stride[1], sz = w.image.stride[0];
+  const int64_t numel = w.out.numel;
+  __m256 g_z = _mm256_setzero_ps(), g_y = _mm256_setzero_ps(), g_x = _mm256_setzero_ps();
+  for (int64_t ch = 0; ch < channels; ++ch) {
+    const __m256 go = _mm256_loadu_ps(grad_out_n + ch * numel + pk);
+    const Corners v = gather(image_n + ch * w.image.numel, cells, sy, sz);
+    const __m256 e00 = _mm256_sub_ps(v.v001, v.v000), e01 = _mm256_sub_ps(v.v011, v.v010);
+    const __m256 e10 = _mm256_sub_ps(v.v101, v.v100), e11 = _mm256_sub_ps(v.v111, v.v110);
+    const __m256 c00 = _mm256_add_ps(v.v000, _mm256_mul_ps(cells.fx, e00));
+    const __m256 c01 = _mm256_add_ps(v.v010, _mm256_mul_ps(cells.fx, e01));
+    const __m256 c10 = _mm256_add_ps(v.v100, _mm256_mul_ps(cells.fx, e10));
+    const __m256 c11 = _mm256_add_ps(v.v110, _mm256_mul_ps(cells.fx, e11));
+    g_x = _mm256_add_ps(g_x, _mm256_mul_ps(go, lerp8(lerp8(e00, e01, cells.fy), lerp8(e10, e11, cells.fy), cells.fz)));
+    g_y = _mm256_add_ps(g_y, _mm256_mul_ps(go, lerp8(_mm256_sub_ps(c01, c00), _mm256_sub_ps(c11, c10), cells.fz)));
+    g_z = _mm256_add_ps(g_z, _mm256_mul_ps(go, _mm256_sub_ps(lerp8(c10, c11, cells.fy), lerp8(c00, c01, cells.fy))));
+  }
+  _mm256_storeu_ps(grad_disp_n + pk, _mm256_mul_ps(g_z, _mm256_set1_ps(w.scale[0])));
+  _mm256_storeu_ps(grad_disp_n + numel + pk, _mm256_mul_ps(g_y, _mm256_set1_ps(w.scale[1])));
+  _mm256_storeu_ps(grad_disp_n + 2 * numel + pk, _mm256_mul_ps(g_x, _mm256_set1_ps(w.scale[2])));
+}
+
 // warp_backward_point for `count` voxels of one row when only the displacement's gradient
 // is needed (the image warp of a registration: the moving image is data). With the image's
 // gradient too, backward_both_row (below).
@@ -169,31 +196,13 @@ __attribute__((target("avx2"))) inline void backward_disp_row(const float* grad_
                                                               const WarpGrids<3, float>& w, int64_t channels,
                                                               int64_t p, int64_t iz, int64_t iy, int64_t ix,
                                                               int64_t count, Padding padding) {
-  const int64_t sy = w.image.stride[1], sz = w.image.stride[0];
-  const int64_t numel = w.out.numel;
   auto no_scatter = [](int64_t, int64_t, float) {};
   int64_t k = 0;
   for (; k + 8 <= count; k += 8) {
     Cells cells;
     const int interior = locate(disp_n, w, p + k, iz, iy, ix + k, padding, cells);
     if (interior != 0) {
-      __m256 g_z = _mm256_setzero_ps(), g_y = _mm256_setzero_ps(), g_x = _mm256_setzero_ps();
-      for (int64_t ch = 0; ch < channels; ++ch) {
-        const __m256 go = _mm256_loadu_ps(grad_out_n + ch * numel + p + k);
-        const Corners v = gather(image_n + ch * w.image.numel, cells, sy, sz);
-        const __m256 e00 = _mm256_sub_ps(v.v001, v.v000), e01 = _mm256_sub_ps(v.v011, v.v010);
-        const __m256 e10 = _mm256_sub_ps(v.v101, v.v100), e11 = _mm256_sub_ps(v.v111, v.v110);
-        const __m256 c00 = _mm256_add_ps(v.v000, _mm256_mul_ps(cells.fx, e00));
-        const __m256 c01 = _mm256_add_ps(v.v010, _mm256_mul_ps(cells.fx, e01));
-        const __m256 c10 = _mm256_add_ps(v.v100, _mm256_mul_ps(cells.fx, e10));
-        const __m256 c11 = _mm256_add_ps(v.v110, _mm256_mul_ps(cells.fx, e11));
-        g_x = _mm256_add_ps(g_x, _mm256_mul_ps(go, lerp8(lerp8(e00, e01, cells.fy), lerp8(e10, e11, cells.fy), cells.fz)));
-        g_y = _mm256_add_ps(g_y, _mm256_mul_ps(go, lerp8(_mm256_sub_ps(c01, c00), _mm256_sub_ps(c11, c10), cells.fz)));
-        g_z = _mm256_add_ps(g_z, _mm256_mul_ps(go, _mm256_sub_ps(lerp8(c10, c11, cells.fy), lerp8(c00, c01, cells.fy))));
-      }
-      _mm256_storeu_ps(grad_disp_n + p + k, _mm256_mul_ps(g_z, _mm256_set1_ps(w.scale[0])));
-      _mm256_storeu_ps(grad_disp_n + numel + p + k, _mm256_mul_ps(g_y, _mm256_set1_ps(w.scale[1])));
-      _mm256_storeu_ps(grad_disp_n + 2 * numel + p + k, _mm256_mul_ps(g_x, _mm256_set1_ps(w.scale[2])));
+      disp_gradient_block(grad_out_n, image_n, grad_disp_n, w, channels, p + k, cells);
     }
     // The other lanes are overwritten by the scalar code.
     for (int64_t j = 0; j < 8; ++j) {
@@ -274,24 +283,10 @@ __attribute__((target("avx2"))) inline void backward_both_row(const float* grad_
     float fz[8], fy[8], fx[8], wz0[8], wy0[8], wx0[8];
     int32_t bases[8];
     if (interior != 0) {
-      __m256 g_z = _mm256_setzero_ps(), g_y = _mm256_setzero_ps(), g_x = _mm256_setzero_ps();
+      disp_gradient_block(grad_out_n, image_n, grad_disp_n, w, channels, p + k, cells);
       for (int64_t ch = 0; ch < channels; ++ch) {
-        const __m256 go = _mm256_loadu_ps(grad_out_n + ch * numel + p + k);
-        _mm256_storeu_ps(go_lanes[ch], go);
-        const Corners v = gather(image_n + ch * w.image.numel, cells, sy, sz);
-        const __m256 e00 = _mm256_sub_ps(v.v001, v.v000), e01 = _mm256_sub_ps(v.v011, v.v010);
-        const __m256 e10 = _mm256_sub_ps(v.v101, v.v100), e11 = _mm256_sub_ps(v.v111, v.v110);
-        const __m256 c00 = _mm256_add_ps(v.v000, _mm256_mul_ps(cells.fx, e00));
-        const __m256 c01 = _mm256_add_ps(v.v010, _mm256_mul_ps(cells.fx, e01));
-        const __m256 c10 = _mm256_add_ps(v.v100, _mm256_mul_ps(cells.fx, e10));
-        const __m256 c11 = _mm256_add_ps(v.v110, _mm256_mul_ps(cells.fx, e11));
-        g_x = _mm256_add_ps(g_x, _mm256_mul_ps(go, lerp8(lerp8(e00, e01, cells.fy), lerp8(e10, e11, cells.fy), cells.fz)));
-        g_y = _mm256_add_ps(g_y, _mm256_mul_ps(go, lerp8(_mm256_sub_ps(c01, c00), _mm256_sub_ps(c11, c10), cells.fz)));
-        g_z = _mm256_add_ps(g_z, _mm256_mul_ps(go, _mm256_sub_ps(lerp8(c10, c11, cells.fy), lerp8(c00, c01, cells.fy))));
+        _mm256_storeu_ps(go_lanes[ch], _mm256_loadu_ps(grad_out_n + ch * numel + p + k));
       }
-      _mm256_storeu_ps(grad_disp_n + p + k, _mm256_mul_ps(g_z, _mm256_set1_ps(w.scale[0])));
-      _mm256_storeu_ps(grad_disp_n + numel + p + k, _mm256_mul_ps(g_y, _mm256_set1_ps(w.scale[1])));
-      _mm256_storeu_ps(grad_disp_n + 2 * numel + p + k, _mm256_mul_ps(g_x, _mm256_set1_ps(w.scale[2])));
       // Per lane: the weights of interior_backward as vectors over the corners (lane k of
       // corner_z is the z weight of corner k, and so on).
       _mm256_storeu_ps(fz, cells.fz);
